@@ -1,0 +1,1 @@
+"""One module per backend; each has DEVICES, available() and the ops it implements."""

@@ -1,0 +1,88 @@
+"""FlexConfig: every FLEX switch in one validated dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .rope import STRATEGIES
+
+POSITION_POLICIES = ("absolute", "window")
+
+
+@dataclass(frozen=True)
+class FlexConfig:
+    """FLEX settings. Defaults are the paper's for Self Forcing.
+
+    strategy         temporal RoPE strategy: flex (paper), none, pi, ntk, yarn, riflex
+    alpha, beta      gate of the flex/yarn ramp in units of training rotations r_m
+    l_train          training horizon in latent frames (21 for Self Forcing, 240 for LongLive)
+    dynamic          S grows with the current length while streaming (needs rotate-on-load)
+    rho              antiphase noise correlation of a chunk's initial noise, in [-1, 1]
+    ans_renoise      also use antiphase noise for the re-noising between steps
+    sink_frames      first latent frames kept in the attention window forever
+    window_frames    most recent latent frames kept (the current chunk included);
+                     sink + window = 21 keeps the context Self Forcing was trained with
+    chunk_frames     latent frames generated per chunk
+    position_policy  "absolute" frame indices (upstream) or "window" relative positions
+                     (sink first, window after; needs rotate-on-load)
+    """
+
+    strategy: str = "flex"
+    alpha: float = 0.1
+    beta: float = 2.5
+    l_train: int = 21
+    dynamic: bool = False
+    rho: float = -1.0
+    ans_renoise: bool = False
+    sink_frames: int = 3
+    window_frames: int = 18
+    chunk_frames: int = 3
+    position_policy: str = "absolute"
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
+        if not self.alpha < self.beta:
+            raise ValueError(f"alpha must be < beta, got alpha={self.alpha!r}, beta={self.beta!r}")
+        if not (isinstance(self.l_train, int) and self.l_train > 0):
+            raise ValueError(f"l_train must be an int > 0, got {self.l_train!r}")
+        if not -1.0 <= self.rho <= 1.0:
+            raise ValueError(f"rho must be in [-1, 1], got {self.rho!r}")
+        if not (isinstance(self.chunk_frames, int) and self.chunk_frames > 0):
+            raise ValueError(f"chunk_frames must be an int > 0, got {self.chunk_frames!r}")
+        if not (isinstance(self.sink_frames, int) and self.sink_frames >= 0):
+            raise ValueError(f"sink_frames must be an int >= 0, got {self.sink_frames!r}")
+        if not (isinstance(self.window_frames, int) and self.window_frames >= 0):
+            raise ValueError(f"window_frames must be an int >= 0, got {self.window_frames!r}")
+        if self.window_frames < self.chunk_frames:
+            raise ValueError(
+                f"window_frames must be >= chunk_frames ({self.chunk_frames}) so the current "
+                f"chunk fits in the window, got {self.window_frames!r}"
+            )
+        if self.position_policy not in POSITION_POLICIES:
+            raise ValueError(
+                f"position_policy must be one of {POSITION_POLICIES}, got {self.position_policy!r}"
+            )
+        if self.rope_base <= 1:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base!r}")
+
+    @property
+    def rotate_on_load(self) -> bool:
+        """Keys are cached without temporal rotation when positions can change after caching."""
+        return self.dynamic or self.position_policy == "window"
+
+    @classmethod
+    def off(cls, window_frames: int = 21, chunk_frames: int = 3) -> "FlexConfig":
+        """FLEX disabled: plain RoPE, i.i.d. noise, no sink (upstream Self Forcing)."""
+        return cls(strategy="none", rho=0.0, sink_frames=0, window_frames=window_frames,
+                   chunk_frames=chunk_frames)
+
+    @classmethod
+    def longlive(cls) -> "FlexConfig":
+        """The paper's settings for LongLive (trained on 240 latent frames)."""
+        return cls(alpha=1.0, beta=15.0, l_train=240, sink_frames=3, window_frames=9)
+
+    def replace(self, **changes) -> "FlexConfig":
+        return replace(self, **changes)

@@ -1,0 +1,238 @@
+"""The public FLEX ops and the one place where a backend is chosen.
+
+Every op validates its inputs here (so all backends fail the same way, with a ValueError that
+names the parameter) and then calls the backend module ``flex.backends.<name>``:
+
+    reference  float64 PyTorch (flex.reference), any device, slow, the ground truth
+    cpp        C++ kernels of flex._C on CPU tensors
+    cuda       CUDA kernels of flex._C on CUDA tensors
+    triton     Triton kernels (flex_kernels), CUDA tensors, or CPU under TRITON_INTERPRET=1
+    sdpa       torch scaled_dot_product_attention over the resident ring prefix (no mask)
+    flash      flash-attn over the resident ring prefix, when flash_attn is importable
+
+``backend="auto"`` takes the first available backend of AUTO_ORDER for the tensors' device
+that supports the call.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpp", "cuda", "triton", "sdpa", "flash")
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "sdpa", "flash", "reference"),
+    "cpu": ("cpp", "reference"),
+}
+OPS = ("rope3d", "norm_rope_cache_write", "ring_attention")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _module(name: str):
+    return importlib.import_module(f"flex.backends.{name}")
+
+
+def backend_status(name: str) -> tuple[bool, str]:
+    """(available, reason) of a backend on this machine."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    try:
+        return _module(name).available()
+    except ImportError as err:  # a backend's dependency is missing
+        return False, str(err)
+
+
+def available_backends(op: str | None = None, device: str | None = None) -> list[str]:
+    """Backends usable here, optionally only those implementing ``op`` on ``device``."""
+    names = []
+    for name in BACKENDS:
+        if not backend_status(name)[0]:
+            continue
+        mod = _module(name)
+        if op is not None and not hasattr(mod, op):
+            continue
+        if device is not None and device not in mod.DEVICES:
+            continue
+        names.append(name)
+    return names
+
+
+def resolve_backend(op: str, backend: str, device: torch.device, **call) -> object:
+    """The backend module that runs ``op`` for this call."""
+    if backend == "auto":
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+            order = AUTO_ORDER["cpu"]
+        else:
+            order = AUTO_ORDER.get(device.type, ("reference",))
+        for name in order:
+            if not backend_status(name)[0]:
+                continue
+            mod = _module(name)
+            if hasattr(mod, op) and device.type in mod.DEVICES and _supports(mod, op, call):
+                return mod
+        raise ValueError(f"no backend available for {op} on {device.type}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    ok, reason = backend_status(backend)
+    if not ok:
+        raise ValueError(f"backend {backend!r} is not available: {reason}")
+    mod = _module(backend)
+    if not hasattr(mod, op):
+        raise ValueError(f"backend {backend!r} does not implement {op}")
+    if device.type not in mod.DEVICES:
+        raise ValueError(f"backend {backend!r} runs on {sorted(mod.DEVICES)}, got tensors on {device.type}")
+    if not _supports(mod, op, call):
+        raise ValueError(f"backend {backend!r} does not support this {op} call: {mod.supports.__doc__}")
+    return mod
+
+
+def _supports(mod, op, call) -> bool:
+    return getattr(mod, "supports", lambda op, **kw: True)(op, **call)
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _check_tensor(name, x, ndim, device=None, dtype=None, float_=True):
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    if float_ and x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating tensor ({_FLOAT_DTYPES}), got {x.dtype}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} must be on {device}, got {x.device}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {dtype}, got {x.dtype}")
+
+
+def _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
+    for name, f in (("freqs_t", freqs_t), ("freqs_h", freqs_h), ("freqs_w", freqs_w)):
+        _check_tensor(name, f, 3, device=x.device)
+        if f.shape[-1] != 2:
+            raise ValueError(f"{name} must be [N, C, 2] (cos, sin), got shape {tuple(f.shape)}")
+    d = x.shape[-1]
+    planes = freqs_t.shape[1] + freqs_h.shape[1] + freqs_w.shape[1]
+    if 2 * planes != d:
+        raise ValueError(f"freqs_t/h/w have {planes} planes in all but head dim {d} needs {d // 2}")
+    for name, g in (("grid_h", grid_h), ("grid_w", grid_w)):
+        if not isinstance(g, int) or g < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {g!r}")
+    t = x.shape[1]
+    if t % (grid_h * grid_w):
+        raise ValueError(f"token count {t} is not a multiple of grid_h * grid_w = {grid_h * grid_w}")
+    if not isinstance(frame_offset, int) or frame_offset < 0:
+        raise ValueError(f"frame_offset must be an int >= 0, got {frame_offset!r}")
+    if frame_offset + t // (grid_h * grid_w) > freqs_t.shape[0]:
+        raise ValueError(
+            f"freqs_t has {freqs_t.shape[0]} frames but frames up to {frame_offset + t // (grid_h * grid_w)} are needed"
+        )
+    if grid_h > freqs_h.shape[0] or grid_w > freqs_w.shape[0]:
+        raise ValueError(f"freqs_h/freqs_w ({freqs_h.shape[0]}, {freqs_w.shape[0]} rows) are smaller than the grid ({grid_h}, {grid_w})")
+    if x.stride(-1) != 1:
+        raise ValueError("the last dimension (head dim) must be contiguous")
+
+
+# ---------------------------------------------------------------- public ops
+
+
+def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0, backend="auto"):
+    """Wan 3D RoPE of x [B, T, H, D], tokens in (f, h, w) order, interleaved pairs.
+
+    freqs_* are [N, C, 2] (cos, sin) float32 tables from :meth:`flex.rope.Rope3D.tables`;
+    a token in chunk frame f uses temporal row frame_offset + f. Returns a new tensor.
+    """
+    _check_tensor("x", x, 4)
+    _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
+    mod = resolve_backend("rope3d", backend, x.device)
+    return mod.rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
+
+
+def norm_rope_cache_write(
+    q, k, v, norm_q_weight, norm_k_weight, eps, freqs_t, freqs_h, freqs_w, grid_h, grid_w,
+    frame_offset, k_cache, v_cache, frame_slots, rotate_k_temporal=True, backend="auto",
+):
+    """qk-RMSNorm (over H*D, where a weight is given) + 3D RoPE, k/v written into cache slots.
+
+    Returns the rotated q. ``frame_slots`` [F] (int32/int64, on the cache's device) gives the
+    ring slot of each of the chunk's frames (see :meth:`flex.cache.RingKVCache.slots`).
+    """
+    _check_tensor("q", q, 4)
+    for name, t in (("k", k), ("v", v)):
+        _check_tensor(name, t, 4, device=q.device, dtype=q.dtype)
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, got {tuple(t.shape)}")
+    _check_freqs(q, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
+    b, t, h, d = q.shape
+    width = h * d
+    for name, w in (("norm_q_weight", norm_q_weight), ("norm_k_weight", norm_k_weight)):
+        if w is not None:
+            _check_tensor(name, w, w.dim(), device=q.device)
+            if w.numel() != width:
+                raise ValueError(f"{name} must have H*D = {width} elements, got {w.numel()}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    tpf = grid_h * grid_w
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_tensor(name, c, 4, device=q.device, dtype=q.dtype)
+        if c.shape[0] != b or c.shape[2:] != q.shape[2:] or c.shape[1] % tpf or not c.is_contiguous():
+            raise ValueError(
+                f"{name} must be contiguous [B={b}, n_slots*{tpf}, H={h}, D={d}], got {tuple(c.shape)}"
+            )
+    _check_tensor("frame_slots", frame_slots, 1, device=q.device, float_=False)
+    if frame_slots.dtype not in (torch.int32, torch.int64) or frame_slots.numel() != t // tpf:
+        raise ValueError(f"frame_slots must be int32/int64 with one slot per frame ({t // tpf}), got {frame_slots.dtype} {tuple(frame_slots.shape)}")
+    mod = resolve_backend("norm_rope_cache_write", backend, q.device)
+    return mod.norm_rope_cache_write(
+        q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
+        frame_offset, k_cache, v_cache, frame_slots, bool(rotate_k_temporal),
+    )
+
+
+def ring_attention(
+    q, k_cache, v_cache, slot_frame, tokens_per_frame, q_first_frame=0, chunk_frames=0,
+    scale=None, key_freqs_t=None, return_lse=False, resident_tokens=None, backend="auto",
+):
+    """Attention of q [B, Tq, H, D] over the ring cache, masked by per-slot frame indices.
+
+    Empty slots (frame -1) are never visible; ``chunk_frames > 0`` adds block-causal order over
+    chunks aligned at ``q_first_frame``; ``key_freqs_t`` [n_slots, C_t, 2] rotates each slot's
+    keys by its temporal (cos, sin) while loading (rotate-on-load). ``resident_tokens`` (a host
+    int, from :meth:`RingKVCache.resident_prefix_tokens`) lets backends that need no mask
+    (sdpa, flash) attend over k_cache[:, :resident_tokens]. Returns out, or (out, lse).
+    """
+    _check_tensor("q", q, 4)
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_tensor(name, c, 4, device=q.device, dtype=q.dtype)
+        if c.shape[0] != q.shape[0] or c.shape[2:] != q.shape[2:]:
+            raise ValueError(f"{name} must be [B, n_keys, H, D] matching q {tuple(q.shape)}, got {tuple(c.shape)}")
+        if c.stride(-1) != 1:
+            raise ValueError(f"the last dimension of {name} must be contiguous")
+    if q.stride(-1) != 1:
+        raise ValueError("the last dimension of q must be contiguous")
+    if not isinstance(tokens_per_frame, int) or tokens_per_frame < 1:
+        raise ValueError(f"tokens_per_frame must be an int >= 1, got {tokens_per_frame!r}")
+    _check_tensor("slot_frame", slot_frame, 1, device=q.device, float_=False)
+    if slot_frame.dtype != torch.int64 or slot_frame.numel() * tokens_per_frame != k_cache.shape[1]:
+        raise ValueError(
+            f"slot_frame must be int64 with k_cache.shape[1] / tokens_per_frame = "
+            f"{k_cache.shape[1] / tokens_per_frame:g} entries, got {slot_frame.dtype} {tuple(slot_frame.shape)}"
+        )
+    if not isinstance(chunk_frames, int) or chunk_frames < 0:
+        raise ValueError(f"chunk_frames must be an int >= 0 (0 = no block-causal mask), got {chunk_frames!r}")
+    if not isinstance(q_first_frame, int) or q_first_frame < 0:
+        raise ValueError(f"q_first_frame must be an int >= 0, got {q_first_frame!r}")
+    if key_freqs_t is not None:
+        _check_tensor("key_freqs_t", key_freqs_t, 3, device=q.device)
+        if key_freqs_t.shape[0] != slot_frame.numel() or key_freqs_t.shape[2] != 2 or 2 * key_freqs_t.shape[1] > q.shape[-1]:
+            raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t, 2], got {tuple(key_freqs_t.shape)}")
+    if resident_tokens is not None and not (isinstance(resident_tokens, int) and 0 <= resident_tokens <= k_cache.shape[1]):
+        raise ValueError(f"resident_tokens must be an int in [0, {k_cache.shape[1]}], got {resident_tokens!r}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    call = dict(chunk_frames=chunk_frames, key_freqs_t=key_freqs_t, resident_tokens=resident_tokens, return_lse=return_lse)
+    mod = resolve_backend("ring_attention", backend, q.device, **call)
+    return mod.ring_attention(
+        q, k_cache, v_cache, slot_frame, tokens_per_frame, q_first_frame, chunk_frames, scale,
+        key_freqs_t, return_lse, resident_tokens,
+    )
