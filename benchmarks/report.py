@@ -1,0 +1,141 @@
+"""Console table, JSON, markdown summary and PNG plots of a benchmark run."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms" if seconds < 1 else f"{seconds:.3f} s"
+
+
+def ops_table(rows: list[dict]) -> list[list[str]]:
+    table = [["op", "implementation", "time", "rate", "of roofline", "vs upstream"]]
+    for r in rows:
+        table.append([
+            r["op"], r["impl"], _fmt_time(r["seconds"]), f"{r['rate']:.2f} {r['unit']}",
+            "-" if r["roofline_fraction"] is None else f"{100 * r['roofline_fraction']:.1f}%",
+            "-" if r["speedup_vs_upstream"] is None else f"{r['speedup_vs_upstream']:.2f}x",
+        ])
+    return table
+
+
+def e2e_table(rows: list[dict]) -> list[list[str]]:
+    table = [["horizon", "path", "latent FPS", "video FPS", "decode FPS", "peak mem", "vs upstream"]]
+    for r in rows:
+        table.append([
+            f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"], f"{r['latent_fps']:.2f}",
+            f"{r['video_fps']:.2f}", "-" if r.get("decode_video_fps") is None else f"{r['decode_video_fps']:.2f}",
+            f"{r['peak_memory_mb']:.0f} MB", "-" if r.get("speedup_vs_upstream") is None else f"{r['speedup_vs_upstream']:.2f}x",
+        ])
+    return table
+
+
+def _text(table):
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _markdown(table):
+    lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+    return "\n".join(lines)
+
+
+def _header(results):
+    m, roof = results["machine"], results["roofline"]
+    head = (f"{m['date']}  device {m.get('gpu', m['device'])}  torch {m['torch']}  triton {m['triton']}  "
+            f"dtype {results['dtype']}  commit {str(m['git_commit'])[:10]}")
+    if roof:
+        head += f"\nroofline in this run: copy {roof['copy_gbps']:.1f} GB/s, matmul {roof['matmul_tflops']:.2f} TFLOP/s"
+    return head
+
+
+def console_table(results: dict) -> str:
+    parts = [_header(results)]
+    if results["ops"]:
+        parts.append(_text(ops_table(results["ops"])))
+    if results["e2e"]:
+        parts.append(_text(e2e_table(results["e2e"])))
+    return "\n\n".join(parts)
+
+
+def markdown(results: dict) -> str:
+    parts = ["# FLEX benchmark", "```\n" + _header(results) + "\n```", f"Command: `{results['command']}`"]
+    if results["ops"]:
+        parts += ["## Ops", _markdown(ops_table(results["ops"]))]
+    if results["e2e"]:
+        parts += ["## End to end", _markdown(e2e_table(results["e2e"])),
+                  "Text encoding is excluded; VAE decode is timed separately (decode FPS)."]
+    return "\n\n".join(parts) + "\n"
+
+
+def plots(results: dict, out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if results["ops"]:
+        rows = [r for r in results["ops"] if r["speedup_vs_upstream"] is not None]
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+        ax.barh([f"{r['op']}: {r['impl']}" for r in rows], [r["speedup_vs_upstream"] for r in rows])
+        ax.set_xscale("log")
+        ax.set_xlabel("speed-up vs upstream-style path (log)")
+        fig.tight_layout()
+        fig.savefig(out / "ops_speedup.png", dpi=100)
+        plt.close(fig)
+        written.append("ops_speedup.png")
+    if results["e2e"]:
+        for key, label, name in (("video_fps", "video FPS", "fps_vs_horizon.png"),
+                                 ("peak_memory_mb", "peak memory (MB)", "memory_vs_horizon.png")):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for path in sorted({r["path"] for r in results["e2e"]}):
+                pts = sorted((r["seconds_of_video"], r[key]) for r in results["e2e"] if r["path"] == path)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=path)
+            ax.set_xlabel("horizon (s of video)")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
+            written.append(name)
+    return written
+
+
+def write_all(results: dict, out: Path) -> None:
+    results["plots"] = plots(results, out)
+    _atomic_write(out / "results.json", json.dumps(results, indent=2).encode())
+    _atomic_write(out / "summary.md", markdown(results).encode())
+
+
+def compare(new: dict, old: dict) -> str:
+    """Ratio old time / new time (> 1: the new run is faster) for rows present in both."""
+    def key(r):
+        return (r["op"], r["impl"], r["shape"], r["dtype"])
+    old_ops = {key(r): r for r in old.get("ops", [])}
+    lines = [f"compared with the run of {old['machine']['date']} (commit {str(old['machine']['git_commit'])[:10]}):"]
+    for r in new["ops"]:
+        if key(r) in old_ops:
+            lines.append(f"  {r['op']:<32} {r['impl']:<45} {old_ops[key(r)]['seconds'] / r['seconds']:.2f}x")
+    old_e2e = {(r["path"], r["latent_frames"]): r for r in old.get("e2e", [])}
+    for r in new["e2e"]:
+        o = old_e2e.get((r["path"], r["latent_frames"]))
+        if o:
+            lines.append(f"  e2e {r['latent_frames']} frames {r['path']:<40} {r['latent_fps'] / o['latent_fps']:.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""FLEX benchmarks: op comparisons and end-to-end FPS, side by side in one run.
+
+    python benchmarks/run.py                 # ops + end to end on the default device
+    python benchmarks/run.py --quick         # smoke run (seconds)
+    python benchmarks/run.py --suite ops --device cuda --compare old/results.json
+
+Writes results.json, summary.md and PNG plots under --out (default benchmarks/results/latest).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from benchmarks import ops_suite, report, timing  # noqa: E402
+
+SCHEMA_VERSION = 1
+
+
+def machine_info(device: torch.device) -> dict:
+    info = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
+        cpu_threads=torch.get_num_threads(), device=str(device),
+    )
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
+    import flex.ops
+    info["backends"] = {name: flex.ops.backend_status(name)[1] if flex.ops.backend_status(name)[0] else "unavailable: " + flex.ops.backend_status(name)[1]
+                        for name in flex.ops.BACKENDS}
+    info["triton_interpret"] = os.environ.get("TRITON_INTERPRET") == "1"
+    return info
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=("ops", "e2e", "all"), default="all", help="what to measure (default: all)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="results folder")
+    p.add_argument("--compare", default=None, metavar="RESULTS.json", help="print ratios against a previous run")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median is reported)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        print("note: TRITON_INTERPRET=1 runs Triton kernels through the CPU interpreter: a correctness path, not a speed")
+    repeats = args.repeats or (3 if args.quick else 10)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    results = dict(schema=SCHEMA_VERSION, machine=machine_info(device), dtype=str(dtype).replace("torch.", ""),
+                   quick=args.quick, command="python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   roofline={}, ops=[], e2e=[])
+    steps = []
+    if args.suite in ("ops", "all"):
+        steps += ["roofline", "rope", "attention"]
+    if args.suite in ("e2e", "all"):
+        steps += ["e2e"]
+    with tqdm(steps, desc="benchmarks", unit="suite") as bar:
+        for step in bar:
+            bar.set_postfix_str(step)
+            if step == "roofline":
+                results["roofline"] = dict(
+                    copy_gbps=timing.copy_bandwidth(device, 32 if args.quick else 256, repeats),
+                    matmul_tflops=timing.matmul_tflops(device, dtype, 512 if args.quick else (8192 if device.type == "cuda" else 2048), repeats),
+                )
+            elif step == "rope":
+                results["ops"] += ops_suite.rope_cases(device, dtype, args.quick, results["roofline"]["copy_gbps"], repeats)
+            elif step == "attention":
+                results["ops"] += ops_suite.attention_cases(device, dtype, args.quick, results["roofline"]["matmul_tflops"], repeats)
+            elif step == "e2e":
+                from benchmarks import e2e_suite
+                results["e2e"] = e2e_suite.run(device, dtype, args.quick, repeats)
+
+    report.write_all(results, out)
+    print(report.console_table(results))
+    if args.compare:
+        print(report.compare(results, json.loads(Path(args.compare).read_text())))
+    print(f"results written to {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
