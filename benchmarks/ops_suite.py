@@ -14,6 +14,11 @@ from .timing import measure
 REFERENCE_SCORE_LIMIT = 6e7
 
 
+def backends(op: str, device: torch.device) -> list[str]:
+    """Backends to time. The Triton interpreter on a CPU is a correctness path, not a speed."""
+    return [b for b in ops.available_backends(op, device.type) if not (b == "triton" and device.type == "cpu")]
+
+
 def shapes(device: torch.device, quick: bool) -> dict:
     """Wan 480x832 chunk: 3 frames x 30x52 tokens, 12 heads x 128. CPU attention is reduced."""
     if quick:
@@ -44,7 +49,7 @@ def rope_cases(device, dtype, quick, roof_gbps, repeats):
     nbytes = 2 * x.numel() * x.element_size()
     base = measure(lambda: upstream.rope_apply(x, table, nf, gh, gw, first), device, repeats=repeats)
     rows.append(_row("rope3d", "upstream (float64 complex)", base, shape, dtype, nbytes, "GB/s", roof_gbps, base))
-    for name in ops.available_backends("rope3d", device.type):
+    for name in backends("rope3d", device):
         sec = measure(lambda: ops.rope3d(x, *tables, gh, gw, 0, backend=name), device, repeats=repeats)
         rows.append(_row("rope3d", name, sec, shape, dtype, nbytes, "GB/s", roof_gbps, base))
 
@@ -62,7 +67,7 @@ def rope_cases(device, dtype, quick, roof_gbps, repeats):
     nbytes = 6 * x.numel() * x.element_size() + 2 * wq.numel() * wq.element_size()
     base = measure(lambda: upstream.self_attention_inputs(q, k, v, wq, wk, table, shifting, nf, gh, gw, 0), device, repeats=repeats)
     rows.append(_row("norm_rope_cache_write", "upstream (norms + complex RoPE + shift copy)", base, shape, dtype, nbytes, "GB/s", roof_gbps, base))
-    for name in ops.available_backends("norm_rope_cache_write", device.type):
+    for name in backends("norm_rope_cache_write", device):
         fn = lambda: ops.norm_rope_cache_write(q, k, v, wq, wk, 1e-6, *tables, gh, gw, 0, ring.k, ring.v, slots, backend=name)
         sec = measure(fn, device, repeats=repeats)
         rows.append(_row("norm_rope_cache_write", name, sec, shape, dtype, nbytes, "GB/s", roof_gbps, base))
@@ -92,7 +97,7 @@ def attention_cases(device, dtype, quick, roof_tflops, repeats):
     rows.append(_row("ring_attention", "upstream (SDPA over cache slice)", base, shape, dtype, flops, "TFLOP/s", roof_tflops, base))
     prefix = ring.resident_prefix_tokens()
     small = tq * tk * h <= REFERENCE_SCORE_LIMIT
-    for name in ops.available_backends("ring_attention", device.type):
+    for name in backends("ring_attention", device):
         if name == "reference" and not small:
             continue
         fn = lambda: ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, first, resident_tokens=prefix, backend=name)
@@ -113,7 +118,7 @@ def attention_cases(device, dtype, quick, roof_tflops, repeats):
 
     base_rot = measure(rerotate_then_sdpa, device, repeats=repeats)
     rows.append(_row("ring_attention_rotate_on_load", "upstream (re-rotate cache + SDPA)", base_rot, shape, dtype, flops, "TFLOP/s", roof_tflops, base_rot))
-    for name in ops.available_backends("ring_attention", device.type):
+    for name in backends("ring_attention", device):
         if name == "reference" and not small:
             continue
         try:

@@ -1,0 +1,61 @@
+"""The benchmark runner's quick mode: schema and completeness of its output (no speed asserted)."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import run  # noqa: E402
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run.main(["--quick", "--device", "cpu", "--out", str(out)])
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_results_schema(quick_results):
+    results, out = quick_results
+    assert results["schema"] == run.SCHEMA_VERSION
+    for key in ("date", "torch", "device", "git_commit", "backends"):
+        assert key in results["machine"]
+    assert _is_number(results["roofline"]["copy_gbps"]) and _is_number(results["roofline"]["matmul_tflops"])
+    assert (out / "summary.md").read_text().startswith("# FLEX benchmark")
+    for name in results["plots"]:
+        assert (out / name).stat().st_size > 0
+
+
+def test_every_op_row_has_numbers(quick_results):
+    results, _ = quick_results
+    ops_seen = {r["op"] for r in results["ops"]}
+    assert {"rope3d", "norm_rope_cache_write", "ring_attention", "ring_attention_rotate_on_load"} <= ops_seen
+    for r in results["ops"]:
+        assert _is_number(r["seconds"]) and _is_number(r["rate"]) and _is_number(r["speedup_vs_upstream"]), r
+        assert r["unit"] in ("GB/s", "TFLOP/s")
+    for op in ops_seen:  # every op has its upstream-style baseline and at least one FLEX backend
+        impls = [r["impl"] for r in results["ops"] if r["op"] == op]
+        assert any(i.startswith("upstream") for i in impls) and len(impls) >= 2
+
+
+def test_every_e2e_row_has_numbers(quick_results):
+    results, _ = quick_results
+    for r in results["e2e"]:
+        for key in ("latent_fps", "video_fps", "peak_memory_mb"):
+            assert _is_number(r[key]), (key, r)
+        assert r["video_frames"] == 4 * r["latent_frames"] - 3
+
+
+def test_compare_prints_ratios(quick_results):
+    results, _ = quick_results
+    from benchmarks import report
+    text = report.compare(results, results)
+    assert "1.00x" in text
