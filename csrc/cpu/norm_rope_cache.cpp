@@ -1,0 +1,84 @@
+// CPU kernel of flex::norm_rope_cache_write: one pass per token.
+//
+// For q and k: the sum of squares over the token's full H*D width (if a norm weight is given),
+// then normalise + rotate + store head by head (q to q_out, k to its cache slot); v is copied to
+// its cache slot. Slot indices were range-checked by the binding.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu/dispatch.h"
+#include "cpu/kernels.h"
+#include "cpu/row_ops.h"
+
+namespace flex::cpu {
+namespace {
+
+template <typename scalar_t, typename opmath_t>
+void norm_rope_token(const scalar_t* in, const Strides3& stride, scalar_t* out, const NormRopeCacheParams& p,
+                     const float* weight, const TokenCosSin& cs, opmath_t* buf) {
+  opmath_t inv_rms = 1;
+  if (weight != nullptr) {
+    opmath_t sum_sq = 0;
+    for (int64_t h = 0; h < p.heads; ++h) {
+      sum_sq += sum_squares<scalar_t, opmath_t>(in + h * stride.h, p.head_dim);
+    }
+    inv_rms = rms_inverse<opmath_t>(sum_sq, p.heads * p.head_dim, static_cast<opmath_t>(p.eps));
+  }
+  for (int64_t h = 0; h < p.heads; ++h) {
+    norm_rotate_row<scalar_t, opmath_t>(in + h * stride.h, out + h * p.head_dim, buf, p.head_dim, cs,
+                                        p.tables.planes, inv_rms,
+                                        weight != nullptr ? weight + h * p.head_dim : nullptr);
+  }
+}
+
+template <typename scalar_t, typename opmath_t>
+void norm_rope_cache_kernel(const NormRopeCacheParams& p) {
+  const auto* q = static_cast<const scalar_t*>(p.q);
+  const auto* k = static_cast<const scalar_t*>(p.k);
+  const auto* v = static_cast<const scalar_t*>(p.v);
+  auto* q_out = static_cast<scalar_t*>(p.q_out);
+  auto* k_cache = static_cast<scalar_t*>(p.k_cache);
+  auto* v_cache = static_cast<scalar_t*>(p.v_cache);
+  const int64_t tpf = p.grid_h * p.grid_w;
+  const int64_t row_elems = p.heads * p.head_dim;
+  const int64_t n_tokens = p.batch * p.tokens;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, row_elems));
+  at::parallel_for(0, n_tokens, grain, [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> buf(p.head_dim);
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / p.tokens;
+      const int64_t t = bt - b * p.tokens;
+      const TokenPos pos = token_position(t, p.grid_h, p.grid_w);
+      const int64_t frame_row = p.frame_offset + pos.f;
+      const int64_t cache_token = b * p.cache_tokens + p.frame_slots[pos.f] * tpf + (t - pos.f * tpf);
+
+      const TokenCosSin cs_q = token_cos_sin(p.tables, frame_row, pos.h, pos.w, true);
+      norm_rope_token<scalar_t, opmath_t>(q + b * p.q_stride.b + t * p.q_stride.t, p.q_stride,
+                                          q_out + bt * row_elems, p, p.norm_q_weight, cs_q, buf.data());
+
+      const TokenCosSin cs_k = token_cos_sin(p.tables, frame_row, pos.h, pos.w, p.rotate_k_temporal);
+      norm_rope_token<scalar_t, opmath_t>(k + b * p.k_stride.b + t * p.k_stride.t, p.k_stride,
+                                          k_cache + cache_token * row_elems, p, p.norm_k_weight, cs_k,
+                                          buf.data());
+
+      const scalar_t* vt = v + b * p.v_stride.b + t * p.v_stride.t;
+      scalar_t* vc = v_cache + cache_token * row_elems;
+      for (int64_t h = 0; h < p.heads; ++h) {
+        std::memcpy(vc + h * p.head_dim, vt + h * p.v_stride.h, sizeof(scalar_t) * p.head_dim);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void norm_rope_cache_write(const NormRopeCacheParams& p) {
+  dispatch_dtype(p.dtype, "norm_rope_cache_write", [&](auto scalar, auto opmath) {
+    norm_rope_cache_kernel<decltype(scalar), decltype(opmath)>(p);
+  });
+}
+
+}  // namespace flex::cpu
