@@ -1,0 +1,166 @@
+"""mp4 writing (atomic, streaming) and VAE decoding (chunk-streamed == whole-video decode)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from flex.video import VideoWriter, read_video, write_video
+from flex.vae import WanVAEDecoder, pixel_frames
+
+
+def _frames(t, h=48, w=64, seed=0):
+    """Smooth moving gradients: compress well, so decoded values stay close."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    out = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        base = rng.integers(0, 60)
+        out[i, ..., 0] = (x * 255 // w + 8 * i) % 256
+        out[i, ..., 1] = (y * 255 // h + base) % 256
+        out[i, ..., 2] = 128
+    return out
+
+
+def _leftovers(folder):
+    return [p for p in os.listdir(folder) if p.endswith(".part")]
+
+
+@pytest.mark.parametrize("backend", ["av", "imageio"])
+def test_write_read_roundtrip(tmp_path, backend):
+    frames = _frames(13)
+    path = write_video(tmp_path / "clip.mp4", frames, fps=16, backend=backend)
+    back = read_video(path)
+    assert back.shape == frames.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - frames.astype(int)).mean() < 6
+    assert _leftovers(tmp_path) == []
+
+
+def test_fps_is_16(tmp_path):
+    av = pytest.importorskip("av")
+    path = write_video(tmp_path / "clip.mp4", _frames(8))
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert stream.average_rate == 16
+        assert stream.codec_context.name == "h264"
+
+
+def test_streaming_writer_appends_chunks(tmp_path):
+    frames = _frames(21)
+    path = tmp_path / "sub" / "stream.mp4"  # folder is created
+    with VideoWriter(path) as w:
+        w.append(frames[:9])
+        assert not path.exists()  # nothing visible before the end
+        w.append(torch.from_numpy(frames[9:]))
+    assert w.frames_written == 21
+    assert read_video(path).shape == frames.shape
+
+
+def test_error_mid_write_leaves_no_file(tmp_path):
+    path = tmp_path / "broken.mp4"
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(path) as w:
+            w.append(_frames(5))
+            raise RuntimeError("boom")
+    assert not path.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_error_mid_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_video(path, _frames(5))
+    before = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(path) as w:
+            w.append(_frames(9, seed=3))
+            raise KeyboardInterrupt
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_bad_frames_rejected(tmp_path):
+    with VideoWriter(tmp_path / "x.mp4") as w:
+        with pytest.raises(ValueError, match="uint8"):
+            w.append(np.zeros((2, 16, 16, 3), np.float32))
+        with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
+            w.append(np.zeros((2, 16, 16), np.uint8))
+        w.append(np.zeros((2, 16, 16, 3), np.uint8))
+        with pytest.raises(ValueError, match="16x16"):
+            w.append(np.zeros((2, 32, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="even"):
+        with VideoWriter(tmp_path / "odd.mp4") as w:
+            w.append(np.zeros((1, 15, 16, 3), np.uint8))
+    assert not (tmp_path / "odd.mp4").exists()
+    with pytest.raises(ValueError, match="no frames"):
+        with VideoWriter(tmp_path / "empty.mp4"):
+            pass
+    assert not (tmp_path / "empty.mp4").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_folder_as_video_path_rejected(tmp_path):
+    with pytest.raises(ValueError, match="folder"):
+        VideoWriter(tmp_path)
+
+
+# ---------------------------------------------------------------- VAE
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    from tiny_assets import make_vae
+    from diffusers import AutoencoderKLWan
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        make_vae(d)
+        return AutoencoderKLWan.from_pretrained(d, local_files_only=True).eval()
+
+
+def test_pixel_frames():
+    assert [pixel_frames(f) for f in (0, 1, 3, 21, 120)] == [0, 1, 9, 81, 477]
+
+
+def test_vae_decode_shape_and_denormalisation(tiny_vae):
+    dec = WanVAEDecoder(tiny_vae)
+    z = torch.randn(2, 4, 16, 3, 5, generator=torch.Generator().manual_seed(0))
+    frames = dec.decode(z)
+    assert frames.shape == (2, pixel_frames(4), 24, 40, 3) and frames.dtype == torch.uint8
+    # De-normalisation is z * std + mean per channel (diffusers: z / (1 / std) + mean).
+    zv = dec.denormalize(z)
+    std = torch.tensor(tiny_vae.config.latents_std).view(1, 16, 1, 1, 1)
+    mean = torch.tensor(tiny_vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    torch.testing.assert_close(zv, z.permute(0, 2, 1, 3, 4) * std + mean)
+    ref = tiny_vae.decode(z.permute(0, 2, 1, 3, 4) / (1.0 / std) + mean, return_dict=False)[0]
+    ref = ((ref.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+    assert (ref.int() - frames.int()).abs().max() <= 1
+
+
+def test_vae_stream_equals_full_decode(tiny_vae):
+    dec = WanVAEDecoder(tiny_vae)
+    assert dec.supports_cache
+    z = torch.randn(1, 7, 16, 3, 4, generator=torch.Generator().manual_seed(1))
+    full = dec.decode(z)
+    stream = dec.stream()
+    parts = [stream.decode(z[:, :3]), stream.decode(z[:, 3:6]), stream.decode(z[:, 6:])]
+    assert [p.shape[1] for p in parts] == [9, 12, 4]
+    assert stream.mode == "cached" and stream.frames_out == pixel_frames(7)
+    assert torch.equal(torch.cat(parts, dim=1), full)
+
+
+def test_vae_stream_overlap_fallback_frame_counts(tiny_vae):
+    dec = WanVAEDecoder(tiny_vae)
+    dec.supports_cache = False  # as with a diffusers that hides the decoder cache
+    z = torch.randn(1, 6, 16, 2, 2, generator=torch.Generator().manual_seed(2))
+    stream = dec.stream(overlap=2)
+    parts = [stream.decode(z[:, :3]), stream.decode(z[:, 3:])]
+    assert stream.mode == "overlap"
+    assert [p.shape[1] for p in parts] == [9, 12]
+    # The first chunk has no context, so it is exact.
+    assert torch.equal(parts[0], dec.decode(z[:, :3]))
+
+
+def test_vae_rejects_bad_latents(tiny_vae):
+    dec = WanVAEDecoder(tiny_vae)
+    with pytest.raises(ValueError, match=r"\[B, F, 16, h, w\]"):
+        dec.decode(torch.zeros(1, 16, 3, 4, 4))
