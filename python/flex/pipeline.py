@@ -1,0 +1,279 @@
+"""Streaming chunk-wise generation exactly as Self Forcing does it, with the FLEX switches.
+
+Per chunk of ``chunk_frames`` latent frames (frames [f0, f0 + n)):
+
+1. initial noise: antiphase noise with ``rho`` (ANS; rho = 0 is i.i.d.), or the caller's;
+2. for each denoising timestep t_i (Self Forcing: 1000, 937.5, 833.33, 625): the model
+   predicts the flow v of the chunk (writing the chunk's k/v into its ring slots, attending
+   to every resident slot); x0 = x_t - sigma_i v; unless it is the last step the next input
+   is (1 - sigma_{i+1}) x0 + sigma_{i+1} eps with fresh noise eps (antiphase if
+   ``ans_renoise``);
+3. one more pass on the clean x0 at t = ``context_noise`` (0) stores the chunk's clean k/v;
+4. the chunk's x0 is yielded.
+
+FLEX switches (:class:`flex.config.FlexConfig`): the temporal RoPE strategy with S from the
+requested length (static) or from the current length (``dynamic``; keys rotated on load with
+the current thetas), ANS, and the sink + window ring cache. ``position_policy="window"``
+re-indexes positions so sink frames come first, then the window frames in order, the query
+chunk last (keys rotated on load from their slot's window position).
+
+Positions and S: with "absolute" positions the RoPE length is the frame count (requested
+total when static, current end frame when dynamic); with "window" positions it is the span
+of positions actually used, min(frames, sink + window).
+
+Memory is constant in the horizon: one ring cache of sink + window frames per layer,
+allocated once per stream, plus one chunk of latents and noise.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+
+from .config import FlexConfig
+from .models.wan import CausalWanModel, ChunkRope, TextCache, WanKVCache, _resolve_backends, chunk_rope
+from .noise import antiphase_noise
+from .rope import Rope3D, logit_scale
+from .schedule import SELF_FORCING_STEPS, FlowMatchSchedule
+
+DEFAULT_LATENT_SIZE = (60, 104)  # 480 x 832 video
+
+
+@dataclass
+class ChunkInfo:
+    """Progress of a stream after one chunk (passed to the callback)."""
+
+    index: int
+    first_frame: int
+    n_frames: int
+    frames_done: int
+    total_frames: int
+    chunks_done: int
+    total_chunks: int
+    elapsed_s: float
+
+    @property
+    def latent_fps(self) -> float:
+        """Latent frames generated per second so far (VAE decode not included)."""
+        return self.frames_done / self.elapsed_s if self.elapsed_s > 0 else float("inf")
+
+
+class Pipeline:
+    """Self Forcing inference with FLEX on a :class:`CausalWanModel`.
+
+    Args:
+        model: the causal Wan model (its parameter dtype sets the cache dtype; outputs and
+            latents are float32, float64 for a float64 model).
+        config: FLEX switches; ``FlexConfig.off(window_frames=F)`` with F covering the video
+            reproduces upstream Self Forcing.
+        denoising_steps: Self Forcing's step list (warped through the shift-5 schedule when
+            ``warp_denoising_step``, else taken as raw timesteps).
+        context_noise: timestep of the clean pass that stores each chunk's k/v (0 upstream).
+        backend: backend of the attention ops, a name or ``{op: name}`` (see flex.ops).
+    """
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        config: FlexConfig | None = None,
+        *,
+        denoising_steps: Sequence[float] = SELF_FORCING_STEPS,
+        warp_denoising_step: bool = True,
+        shift: float = 5.0,
+        context_noise: float = 0.0,
+        backend: str | Mapping[str, str] = "auto",
+    ):
+        if not isinstance(model, CausalWanModel):
+            raise ValueError(f"model must be a CausalWanModel, got {type(model).__name__}")
+        config = FlexConfig() if config is None else config
+        if not isinstance(config, FlexConfig):
+            raise ValueError(f"config must be a FlexConfig, got {type(config).__name__}")
+        if not 0 <= context_noise <= 1000:
+            raise ValueError(f"context_noise must be in [0, 1000], got {context_noise!r}")
+        _resolve_backends(backend)  # validates the name(s) now
+        self.model = model
+        self.config = config
+        self.backend = backend
+        self.schedule = FlowMatchSchedule(shift)
+        self.timesteps, self.sigmas = self.schedule.timesteps_and_sigmas(denoising_steps, warp_denoising_step)
+        self.context_noise = float(context_noise)
+        self.cache: WanKVCache | None = None  # the ring cache of the latest stream
+        self._rope: tuple[int, Rope3D] | None = None
+
+    # ------------------------------------------------------------ positions
+
+    def rope_length_and_shift(self, first_frame: int, n_frames: int, total_frames: int) -> tuple[int, int]:
+        """(length L that sets the RoPE scale S, position shift) of chunk [first_frame, +n_frames)."""
+        cfg = self.config
+        end = first_frame + n_frames
+        cap = cfg.sink_frames + cfg.window_frames
+        windowed = cfg.position_policy == "window"
+        span = (lambda f: min(f, cap)) if windowed else (lambda f: f)
+        length = span(end) if cfg.dynamic else span(total_frames)
+        return length, (max(0, end - cap) if windowed else 0)
+
+    def rope_for_length(self, length: int) -> Rope3D:
+        if self._rope is None or self._rope[0] != length:
+            cfg = self.config
+            self._rope = (length, Rope3D.for_wan(self.model.head_dim, cfg.strategy, length, cfg.l_train,
+                                                 cfg.alpha, cfg.beta, cfg.rope_base))
+        return self._rope[1]
+
+    def chunk_rope(self, cache: WanKVCache, first_frame: int, n_frames: int, total_frames: int) -> ChunkRope:
+        """The RoPE tables of one chunk (shared by its 5 passes and every layer)."""
+        cfg = self.config
+        length, shift = self.rope_length_and_shift(first_frame, n_frames, total_frames)
+        scale = self.model.head_dim ** -0.5 * logit_scale(cfg.strategy, length, cfg.l_train)
+        return chunk_rope(self.rope_for_length(length), cache, first_frame, n_frames,
+                          rotate_on_load=cfg.rotate_on_load, position_shift=shift, scale=scale,
+                          dtype=self.model.table_dtype)
+
+    # ------------------------------------------------------------ validation
+
+    def _validate(self, text, num_frames, latent_size, noise, renoise, generator):
+        mcfg, cfg = self.model.config, self.config
+        if isinstance(text, TextCache):
+            batch = text.batch
+            if len(text) != self.model.num_layers:
+                raise ValueError("text (a TextCache) was encoded by a model with another layer count")
+        elif isinstance(text, torch.Tensor) and text.dim() == 3 and text.shape[-1] == mcfg.text_dim \
+                and 1 <= text.shape[1] <= mcfg.text_len:
+            batch = text.shape[0]
+        else:
+            shape = tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__
+            raise ValueError(f"text must be [B, L <= {mcfg.text_len}, {mcfg.text_dim}] or a TextCache, got {shape}")
+        if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+            raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
+        if num_frames % cfg.chunk_frames:
+            raise ValueError(
+                f"num_frames ({num_frames}) must be a multiple of chunk_frames ({cfg.chunk_frames})")
+        if latent_size is None:
+            latent_size = tuple(noise.shape[-2:]) if isinstance(noise, torch.Tensor) and noise.dim() == 5 \
+                else DEFAULT_LATENT_SIZE
+        latent_size = tuple(latent_size)
+        _, ph, pw = mcfg.patch_size
+        if len(latent_size) != 2 or any(not isinstance(s, int) or s < 1 for s in latent_size) \
+                or latent_size[0] % ph or latent_size[1] % pw:
+            raise ValueError(f"latent_size must be (H, W), positive multiples of the patch {(ph, pw)}, got {latent_size}")
+        shape = (batch, num_frames, mcfg.in_dim, *latent_size)
+        if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape):
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be the initial noise of the whole video, shape {shape}, got {got}")
+        if renoise is not None:
+            need = len(self.timesteps) - 1
+            if isinstance(renoise, torch.Tensor) or len(renoise) != need:
+                raise ValueError(f"renoise must be a list of {need} tensors (one per step after the first), "
+                                 f"got {type(renoise).__name__} of length {len(renoise)}")
+            for i, r in enumerate(renoise):
+                if not isinstance(r, torch.Tensor) or tuple(r.shape) != shape:
+                    got = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
+                    raise ValueError(f"renoise[{i}] must have shape {shape}, got {got}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        return batch, latent_size
+
+    # ------------------------------------------------------------ generation
+
+    def stream(
+        self,
+        text: torch.Tensor | TextCache,
+        num_frames: int,
+        latent_size: tuple[int, int] | None = None,
+        *,
+        noise: torch.Tensor | None = None,
+        renoise: Sequence[torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callable[[ChunkInfo, torch.Tensor], None] | None = None,
+        progress: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """Yield each finished chunk's clean latents [B, chunk_frames, 16, H, W] in order.
+
+        text: prompt embeddings [B, L, text_dim] (zero-padded to text_len like Wan) or a
+        TextCache. noise: the whole video's initial noise [B, num_frames, 16, H, W] (used as
+        given: ANS then does not apply); renoise: one whole-video tensor per step after the
+        first. Noise not given is drawn from ``generator`` (global RNG when None), per chunk,
+        initial noise first, then the re-noising of each step. Everything is validated
+        before anything is computed.
+        """
+        batch, (h, w) = self._validate(text, num_frames, latent_size, noise, renoise, generator)
+        return self._stream(text, num_frames, batch, h, w, noise, renoise, generator, callback, progress)
+
+    def generate(self, text, num_frames: int, latent_size=None, **kwargs) -> torch.Tensor:
+        """All latents [B, num_frames, 16, H, W] (see :meth:`stream` for the arguments)."""
+        out = None
+        f = 0
+        for chunk in self.stream(text, num_frames, latent_size, **kwargs):
+            if out is None:
+                out = chunk.new_empty(chunk.shape[0], num_frames, *chunk.shape[2:])
+            out[:, f:f + chunk.shape[1]] = chunk
+            f += chunk.shape[1]
+        return out
+
+    def _stream(self, text, num_frames, batch, h, w, noise, renoise, generator, callback, progress):
+        model, cfg = self.model, self.config
+        device, ldt = model.device, model.stream_dtype
+        n = cfg.chunk_frames
+        _, ph, pw = model.config.patch_size
+        shape = (batch, n, model.config.in_dim, h, w)
+        n_chunks = num_frames // n
+        draw_device = generator.device if generator is not None else device
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_chunks, unit="chunk", desc="FLEX")
+        report = bar is not None or callback is not None
+        try:
+            # Grad mode is switched off per chunk, never across a yield (the caller's code runs there).
+            with torch.no_grad():
+                text_cache = text if isinstance(text, TextCache) else model.encode_text(text)
+                cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames)
+            self.cache = cache
+            start = time.perf_counter()
+            for c in range(n_chunks):
+                f0 = c * n
+                with torch.no_grad():
+                    rope = self.chunk_rope(cache, f0, n, num_frames)
+                    if noise is not None:
+                        x = noise[:, f0:f0 + n].to(device, ldt)
+                    else:
+                        x = antiphase_noise(shape, cfg.rho, generator, draw_device).to(device, ldt)
+                    x0 = self._denoise_chunk(x, f0, text_cache, cache, rope, renoise, generator, draw_device, shape)
+                if report:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    info = ChunkInfo(c, f0, n, f0 + n, num_frames, c + 1, n_chunks, time.perf_counter() - start)
+                    if bar is not None:
+                        bar.set_postfix(frames=info.frames_done, latent_fps=f"{info.latent_fps:.2f}")
+                        bar.update(1)
+                    if callback is not None:
+                        callback(info, x0)
+                yield x0
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _denoise_chunk(self, x, f0, text_cache, cache, rope, renoise, generator, draw_device, shape):
+        """The 4 denoising passes and the clean pass of one chunk; returns its x0."""
+        model, cfg = self.model, self.config
+        n = x.shape[1]
+        steps = len(self.timesteps)
+        t_shape = (x.shape[0], n)
+        x0 = None
+        for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
+            v = model(x, torch.full(t_shape, t, device=x.device), text_cache, cache, f0, rope, self.backend)
+            x0 = (x.double() - sigma * v.double()).to(x.dtype)
+            if i + 1 < steps:
+                if renoise is not None:
+                    eps = renoise[i][:, f0:f0 + n].to(x.device, x.dtype)
+                else:
+                    rho = cfg.rho if cfg.ans_renoise else 0.0
+                    eps = antiphase_noise(shape, rho, generator, draw_device).to(x.device, x.dtype)
+                s = self.sigmas[i + 1]
+                x = ((1 - s) * x0.double() + s * eps.double()).to(x.dtype)
+        model(x0, torch.full(t_shape, self.context_noise, device=x.device), text_cache, cache, f0, rope, self.backend)
+        return x0
+
+
+__all__ = ["ChunkInfo", "DEFAULT_LATENT_SIZE", "Pipeline"]
