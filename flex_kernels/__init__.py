@@ -1,0 +1,14 @@
+"""Triton kernels of FLEX (GPU, or CPU through TRITON_INTERPRET=1).
+
+    rope3d                 Wan 3D RoPE (interleaved pairs, per-axis cos/sin tables)
+    norm_rope_cache_write  qk-RMSNorm + 3D RoPE + k/v written into ring-cache slots, one launch
+    ring_attention         sink + window attention over a ring cache, optional rotate-on-load
+
+Each is also registered as a torch.library triton_op (``torch.ops.flex_triton.*``), so
+torch.compile traces through it. Set TRITON_INTERPRET=1 before importing triton to run on the CPU.
+"""
+from ._common import INTERPRET, SUPPORTED_DTYPES
+from .attention import ring_attention
+from .rope import norm_rope_cache_write, rope3d
+
+__all__ = ["INTERPRET", "SUPPORTED_DTYPES", "norm_rope_cache_write", "ring_attention", "rope3d"]
