@@ -1,5 +1,166 @@
-"""End-to-end FPS of the causal Wan model (filled in once the model and pipeline exist)."""
+"""End-to-end FPS of the causal Wan model, upstream-style path vs the FLEX path.
+
+Every path runs the same DiT weights (random: speed does not depend on their values) through
+the Self Forcing schedule (chunk 3, 4 steps + the clean context pass) with sink 3 + window 9.
+Text encoding is excluded (the prompt's cross-attention K/V are computed before timing).
+VAE decode is timed separately, chunk by chunk, on the first horizon (diffusers needed).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import torch
+
+from flex.config import FlexConfig
+from flex.models.wan import CausalWanModel, wan_config
+from flex.pipeline import Pipeline
+
+from .upstream import MAX_POSITIONS, UpstreamStyleWan
+
+SINK, WINDOW, CHUNK = 3, 9, 3
 
 
-def run(device, dtype, quick, repeats):
-    return []
+def setup(device: torch.device, quick: bool) -> dict:
+    """Model size, latent size and horizons (seconds of 16 fps video) per device."""
+    if device.type == "cuda" and not quick:
+        return dict(model=wan_config("wan2.1-t2v-1.3b"), latent=(60, 104), horizons=(5, 30, 60, 240))
+    if quick:
+        return dict(model=wan_config("tiny"), latent=(4, 6), horizons=(5, 30))
+    # CPU default: head dim 128 like Wan, a reduced width/depth and a 16x28 latent (128x224 video).
+    return dict(model=wan_config("tiny", dim=512, ffn_dim=1024, num_heads=4, num_layers=4, text_len=64,
+                                 text_dim=64, freq_dim=256), latent=(16, 28), horizons=(5, 30, 60, 240))
+
+
+def latent_frames(seconds: int) -> int:
+    """Latent frames of a video of ``seconds`` at 16 fps (4F - 3 pixel frames), whole chunks."""
+    pixel = 16 * seconds
+    f = (pixel + 3) // 4
+    return CHUNK * round(f / CHUNK) if seconds != 5 else 21
+
+
+class PeakMemory:
+    """Peak memory of a run: the CUDA allocator's peak, or the process RSS peak sampled on CPU."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def _rss(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = self.base = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+            self.mb = self.peak / 2**20  # absolute RSS: model, caches and the interpreter included
+
+
+def run_stream(pipe: Pipeline, text, frames: int, latent, device) -> float:
+    """Seconds to generate ``frames`` latent frames, streaming (chunks are not kept)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in pipe.stream(text, frames, latent, generator=gen):
+        pass
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def decode_fps(latents: torch.Tensor, device, dtype, quick: bool) -> float | str:
+    """Pixel frames per second of chunk-by-chunk Wan VAE decode (random weights).
+
+    The Wan2.1 VAE architecture (diffusers defaults), or a tiny one for --quick.
+    """
+    try:
+        from diffusers import AutoencoderKLWan
+    except ImportError as err:
+        return f"skipped: diffusers not importable ({err})"
+    from flex.vae import WanVAEDecoder
+
+    torch.manual_seed(0)
+    tiny = dict(base_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[]) if quick else {}
+    vae = AutoencoderKLWan(**tiny).to(device, dtype).eval()
+    stream = WanVAEDecoder(vae).stream()
+    stream.decode(latents[:, :CHUNK])  # warm-up
+    stream = WanVAEDecoder(vae).stream()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    n = 0
+    for f in range(0, latents.shape[1], CHUNK):
+        n += stream.decode(latents[:, f:f + CHUNK]).shape[1]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n / (time.perf_counter() - start)
+
+
+def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True) -> list[dict]:
+    s = setup(device, quick)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = CausalWanModel(s["model"]).to(dtype).eval()
+    upstream = UpstreamStyleWan.sharing_weights_of(model).eval()
+    text = torch.randn(1, s["model"].text_len, s["model"].text_dim, device=device, dtype=dtype)
+    with torch.no_grad():
+        text_cache = model.encode_text(text)  # excluded from timing
+    flex_on = FlexConfig(sink_frames=SINK, window_frames=WINDOW, chunk_frames=CHUNK)
+    flex_off = FlexConfig.off(window_frames=WINDOW, chunk_frames=CHUNK).replace(sink_frames=SINK)
+    paths = {
+        "upstream-style, FLEX off": Pipeline(upstream, flex_off),
+        "FLEX path, FLEX off": Pipeline(model, flex_off),
+        "FLEX path, FLEX on": Pipeline(model, flex_on),
+    }
+    rows = []
+    # Warm-up (kernel selection, allocator) on one chunk per path.
+    for pipe in paths.values():
+        run_stream(pipe, text_cache, CHUNK, s["latent"], device)
+    for seconds in s["horizons"]:
+        frames = latent_frames(seconds)
+        base = None
+        for name, pipe in paths.items():
+            if name.startswith("upstream") and frames > MAX_POSITIONS:
+                continue  # upstream's 1024-position RoPE table cannot go there
+            with PeakMemory(device) as mem:
+                sec = run_stream(pipe, text_cache, frames, s["latent"], device)
+            base = sec if base is None else base
+            rows.append(dict(
+                path=name, seconds_of_video=seconds, latent_frames=frames, video_frames=4 * frames - 3,
+                latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
+                peak_memory_mb=mem.mb, speedup_vs_upstream=base / sec,
+                model=f"dim {s['model'].dim}, {s['model'].num_layers} layers, {s['model'].num_heads}x{s['model'].head_dim}",
+                latent_size=list(s["latent"]), sink_frames=SINK, window_frames=WINDOW,
+            ))
+    if decode:
+        latents = torch.randn(1, 6 if quick else 21, 16, *s["latent"], device=device)
+        fps = decode_fps(latents, device, dtype, quick)
+        for r in rows:
+            if isinstance(fps, float):
+                r["decode_video_fps"] = fps
+                # Generation then decode, one after the other: the combined video FPS.
+                r["video_fps_with_decode"] = 1 / (1 / r["video_fps"] + 1 / fps)
+            else:
+                r["decode_note"] = fps
+    return rows

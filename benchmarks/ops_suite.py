@@ -1,6 +1,8 @@
 """Op benchmarks: the upstream-style path against every FLEX backend present, on Wan shapes."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from flex import ops
@@ -63,9 +65,11 @@ def rope_cases(device, dtype, quick, roof_gbps, repeats):
     slots = ring.slots(first, nf)
     shifting = upstream.ShiftingCache(1, h, d, tpf, sink, window, dtype, device)
     for f in range(0, sink + window, nf):
-        shifting.write(k[:, : nf * tpf], v[:, : nf * tpf])
+        shifting.write(k[:, : nf * tpf], v[:, : nf * tpf], f)
     nbytes = 6 * x.numel() * x.element_size() + 2 * wq.numel() * wq.element_size()
-    base = measure(lambda: upstream.self_attention_inputs(q, k, v, wq, wk, table, shifting, nf, gh, gw, 0), device, repeats=repeats)
+    # As in generation, every 5th call (4 denoising passes + the clean pass) starts a new chunk.
+    frame_counter = (sink + window + nf * (i // 5) for i in itertools.count())
+    base = measure(lambda: upstream.self_attention_inputs(q, k, v, wq, wk, table, shifting, nf, gh, gw, next(frame_counter)), device, repeats=repeats)
     rows.append(_row("norm_rope_cache_write", "upstream (norms + complex RoPE + shift copy)", base, shape, dtype, nbytes, "GB/s", roof_gbps, base))
     for name in backends("norm_rope_cache_write", device):
         fn = lambda: ops.norm_rope_cache_write(q, k, v, wq, wk, 1e-6, *tables, gh, gw, 0, ring.k, ring.v, slots, backend=name)

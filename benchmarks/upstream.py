@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flex.models.wan import CausalWanModel
 from flex.rope import axis_planes, base_thetas
 
 MAX_POSITIONS = 1024  # upstream's table size: frame indices past it crash
@@ -47,19 +48,28 @@ def rope_apply(x: torch.Tensor, table: torch.Tensor, n_frames: int, grid_h: int,
 
 
 class ShiftingCache:
-    """Upstream-style cache: a contiguous buffer whose window is shifted left by copying."""
+    """Upstream-style cache: a contiguous buffer whose window is shifted left by copying.
+
+    Like upstream, the fill index lives on the device and is read back with .item() at every
+    write (a host sync per layer and pass). The passes of one chunk overwrite its tokens.
+    """
 
     def __init__(self, batch, heads, head_dim, tokens_per_frame, sink_frames, window_frames, dtype, device):
         self.tpf, self.sink = tokens_per_frame, sink_frames
         cap = (sink_frames + window_frames) * tokens_per_frame
         self.k = torch.zeros(batch, cap, heads, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.end = 0  # tokens filled
+        self.end_index = torch.zeros((), dtype=torch.int64, device=device)
+        self.end = 0  # tokens filled (host copy of end_index)
+        self.chunk_start = None  # first frame of the chunk occupying the last tokens
 
-    def write(self, k, v):
+    def write(self, k, v, first_frame=None):
         n = k.shape[1]
         cap = self.k.shape[1]
-        if self.end + n > cap:  # evict the oldest window tokens by shifting the rest left
+        self.end = int(self.end_index.item())
+        if first_frame is not None and first_frame == self.chunk_start:
+            self.end -= n  # another pass of the same chunk: overwrite it
+        elif self.end + n > cap:  # evict the oldest window tokens by shifting the rest left
             sink = self.sink * self.tpf
             drop = self.end + n - cap
             keep = self.end - sink - drop
@@ -69,16 +79,20 @@ class ShiftingCache:
         self.k[:, self.end:self.end + n] = k
         self.v[:, self.end:self.end + n] = v
         self.end += n
+        self.end_index.fill_(self.end)
+        self.chunk_start = first_frame
 
 
 def self_attention_inputs(q, k, v, wq, wk, table, cache, n_frames, grid_h, grid_w, start_frame, eps=1e-6):
     """Norm + RoPE + cache write of one chunk the upstream way; returns rotated q."""
     b, t, h, d = q.shape
+    if start_frame + n_frames > MAX_POSITIONS:
+        raise IndexError(f"upstream RoPE table has {MAX_POSITIONS} positions, frame {start_frame + n_frames - 1} requested")
     qn = rms_norm(q.reshape(b, t, h * d), wq, eps).view(b, t, h, d)
     kn = rms_norm(k.reshape(b, t, h * d), wk, eps).view(b, t, h, d)
     q_rot = rope_apply(qn, table, n_frames, grid_h, grid_w, start_frame)
     k_rot = rope_apply(kn, table, n_frames, grid_h, grid_w, start_frame)
-    cache.write(k_rot, v)
+    cache.write(k_rot, v, start_frame)
     return q_rot
 
 
@@ -87,3 +101,41 @@ def attention(q, cache: ShiftingCache, scale=None):
     k = cache.k[:, :cache.end].transpose(1, 2)
     v = cache.v[:, :cache.end].transpose(1, 2)
     return F.scaled_dot_product_attention(q.transpose(1, 2), k, v, scale=scale).transpose(1, 2)
+
+
+class UpstreamCaches:
+    """One ShiftingCache per layer; quacks like the ring cache where the pipeline looks."""
+
+    def __init__(self, model, batch, grid_h, grid_w, sink_frames, window_frames):
+        self.grid_h, self.grid_w = grid_h, grid_w
+        self.device = model.device
+        self.layers = [ShiftingCache(batch, model.num_heads, model.head_dim, grid_h * grid_w, sink_frames,
+                                     window_frames, model.param_dtype, model.device) for _ in range(model.num_layers)]
+        self.table = rope_table(model.head_dim, model.device)
+
+
+class UpstreamStyleWan(CausalWanModel):
+    """The same DiT (same weights) whose self-attention runs the upstream-style path."""
+
+    @classmethod
+    def sharing_weights_of(cls, model: CausalWanModel) -> "UpstreamStyleWan":
+        with torch.device("meta"):
+            twin = cls(model.config, fp32_modulation=model.fp32_modulation)
+        twin.load_state_dict(model.state_dict(), assign=True)
+        return twin
+
+    def new_cache(self, batch, grid_h, grid_w, sink_frames=0, window_frames=21, dtype=None, device=None):
+        return UpstreamCaches(self, batch, grid_h, grid_w, sink_frames, window_frames)
+
+    def forward(self, x, timestep, text, cache, first_frame, rope=None, backend="auto"):
+        b, n, _, h, w = x.shape
+        _, ph, pw = self.config.patch_size
+        gh, gw = h // ph, w // pw
+
+        def attend(i, attn, q, k, v):
+            layer = cache.layers[i]
+            q_rot = self_attention_inputs(q, k, v, attn.norm_q.weight, attn.norm_k.weight, cache.table, layer,
+                                          n, gh, gw, first_frame, self.eps)
+            return attention(q_rot, layer)
+
+        return self._run(x, timestep, text, attend)

@@ -145,7 +145,7 @@ def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0, backend
     """
     _check_tensor("x", x, 4)
     _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
-    mod = resolve_backend("rope3d", backend, x.device)
+    mod = resolve_backend("rope3d", backend, x.device, dtype=x.dtype, head_dim=x.shape[-1])
     return mod.rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
 
 
@@ -183,7 +183,7 @@ def norm_rope_cache_write(
     _check_tensor("frame_slots", frame_slots, 1, device=q.device, float_=False)
     if frame_slots.dtype not in (torch.int32, torch.int64) or frame_slots.numel() != t // tpf:
         raise ValueError(f"frame_slots must be int32/int64 with one slot per frame ({t // tpf}), got {frame_slots.dtype} {tuple(frame_slots.shape)}")
-    mod = resolve_backend("norm_rope_cache_write", backend, q.device)
+    mod = resolve_backend("norm_rope_cache_write", backend, q.device, dtype=q.dtype, head_dim=d)
     return mod.norm_rope_cache_write(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
         frame_offset, k_cache, v_cache, frame_slots, bool(rotate_k_temporal),
@@ -230,7 +230,8 @@ def ring_attention(
     if resident_tokens is not None and not (isinstance(resident_tokens, int) and 0 <= resident_tokens <= k_cache.shape[1]):
         raise ValueError(f"resident_tokens must be an int in [0, {k_cache.shape[1]}], got {resident_tokens!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    call = dict(chunk_frames=chunk_frames, key_freqs_t=key_freqs_t, resident_tokens=resident_tokens, return_lse=return_lse)
+    call = dict(chunk_frames=chunk_frames, key_freqs_t=key_freqs_t, resident_tokens=resident_tokens,
+                return_lse=return_lse, dtype=q.dtype, head_dim=q.shape[-1])
     mod = resolve_backend("ring_attention", backend, q.device, **call)
     return mod.ring_attention(
         q, k_cache, v_cache, slot_frame, tokens_per_frame, q_first_frame, chunk_frames, scale,
