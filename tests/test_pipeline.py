@@ -358,3 +358,14 @@ def test_bad_configuration_is_refused_before_compute():
         Pipeline(model, FlexConfig(), denoising_steps=[1200])
     with pytest.raises(ValueError, match="config must be a FlexConfig"):
         Pipeline(model, {"rho": 0})
+
+
+@pytest.mark.parametrize("fp32_modulation", [True, False])
+def test_bf16_pipeline_runs(fp32_modulation):
+    torch.manual_seed(0)
+    model = CausalWanModel("tiny", fp32_modulation=fp32_modulation).to(torch.bfloat16)
+    out = Pipeline(model, FlexConfig(sink_frames=3, window_frames=3)).generate(
+        text_emb(dtype=torch.bfloat16), 9, HW, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == (torch.float32 if fp32_modulation else torch.bfloat16)
+    assert out.shape == (1, 9, 16, *HW) and torch.isfinite(out.float()).all()
+    assert Pipeline(model).cache is None and model.new_cache(1, 1, 2).dtype == torch.bfloat16
