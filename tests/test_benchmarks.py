@@ -59,3 +59,22 @@ def test_compare_prints_ratios(quick_results):
     from benchmarks import report
     text = report.compare(results, results)
     assert "1.00x" in text
+
+
+def test_upstream_style_twin_generates_the_same_video():
+    """The benchmark's baseline is the same computation: shifting cache == ring cache."""
+    import torch
+
+    from benchmarks.upstream import UpstreamStyleWan
+    from flex.config import FlexConfig
+    from flex.models.wan import CausalWanModel
+    from flex.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = CausalWanModel("tiny").eval()
+    twin = UpstreamStyleWan.sharing_weights_of(model).eval()
+    off = FlexConfig.off(window_frames=6).replace(sink_frames=3)  # 3 + 6 frames: evicts from chunk 4 on
+    text = torch.randn(1, 8, model.config.text_dim)
+    got = Pipeline(twin, off).generate(text, 18, (4, 6), generator=torch.Generator().manual_seed(1))
+    want = Pipeline(model, off, backend="reference").generate(text, 18, (4, 6), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(got, want, atol=1e-5 * want.abs().max()), (got - want).abs().max()
