@@ -259,7 +259,8 @@ def test_long_stream_evicts_and_keeps_memory_constant(cfg):
 def _supports_rotate_on_load(name):
     try:
         ops.resolve_backend("ring_attention", name, torch.device("cpu"), chunk_frames=0,
-                            key_freqs_t=torch.zeros(1), resident_tokens=0, return_lse=False)
+                            key_freqs_t=torch.zeros(1), resident_tokens=0, return_lse=False,
+                            dtype=torch.float32, head_dim=32)
         return True
     except ValueError:
         return False
