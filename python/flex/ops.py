@@ -23,7 +23,7 @@ import torch
 BACKENDS = ("reference", "cpp", "cuda", "triton", "sdpa", "flash")
 AUTO_ORDER = {
     "cuda": ("cuda", "triton", "sdpa", "flash", "reference"),
-    "cpu": ("cpp", "reference"),
+    "cpu": ("cpp", "sdpa", "reference"),
 }
 OPS = ("rope3d", "norm_rope_cache_write", "ring_attention")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
