@@ -138,4 +138,4 @@ class UpstreamStyleWan(CausalWanModel):
                                           n, gh, gw, first_frame, self.eps)
             return attention(q_rot, layer)
 
-        return self._run(x, timestep, text, attend)
+        return self.forward_with_attention(x, timestep, text, attend)

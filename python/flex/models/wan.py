@@ -498,8 +498,10 @@ class CausalWanModel(nn.Module):
         except RuntimeError:
             raise ValueError(f"timestep must broadcast to [B={b}, F={n}], got shape {tuple(t.shape)}") from None
 
-    def _run(self, x, timestep, text, attend) -> torch.Tensor:
-        """Patchify, time embedding, blocks (self-attention through ``attend``), head, unpatchify."""
+    def forward_with_attention(self, x, timestep, text, attend) -> torch.Tensor:
+        """Patchify, time embedding, blocks, head, unpatchify, with self-attention done by
+        ``attend(layer_index, self_attn_module, q, k, v) -> [B, T, H, D]`` (q, k, v are the raw
+        projections). forward() and forward_full() plug their caches in here; so can callers."""
         cfg = self.config
         b, n, c, h, w = x.shape
         if not isinstance(text, TextCache):
@@ -576,7 +578,7 @@ class CausalWanModel(nn.Module):
                 key_freqs_t=rope.key_freqs_t, resident_tokens=layer.resident_prefix_tokens(),
                 backend=be["ring_attention"])
 
-        return self._run(x, timestep, text, attend)
+        return self.forward_with_attention(x, timestep, text, attend)
 
     # -- dense reference
     def forward_full(
@@ -658,7 +660,7 @@ class CausalWanModel(nn.Module):
                 out[:, q_tok] = torch.einsum("bhqk,bkhd->bqhd", probs, v.to(sdt))
             return out.to(q.dtype)
 
-        return self._run(x, timestep, text, attend)
+        return self.forward_with_attention(x, timestep, text, attend)
 
 
 __all__ = [
