@@ -210,3 +210,343 @@ def test_build_flags():
     assert isinstance(_extension.has_cuda_kernels(), bool)
     if torch.cuda.is_available() and torch.version.cuda is not None:
         assert _extension.has_cuda_kernels(), "CUDA torch with a GPU but flex._C lacks CUDA kernels"
+
+
+# --------------------------------------------------------------------------------------------
+# norm_rope_cache_write
+
+def poisoned(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def qkv_inputs(b, t, h, d, dtype, device, strided, seed=0):
+    if strided:  # slices of one fused [B, T, 3, H, D] projection
+        g = torch.Generator().manual_seed(seed)
+        qkv = torch.randn(b, t, 3, h, d, generator=g).to(device=device, dtype=dtype)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    return tuple(random_x((b, t, h, d), dtype, device, seed=seed + i) for i in range(3))
+
+
+def check_cache(got: torch.Tensor, want: torch.Tensor, dtype, what: str) -> None:
+    """Written elements match the reference, unwritten ones are still NaN (the poison)."""
+    written = ~torch.isnan(want.cpu())
+    assert torch.equal(~torch.isnan(got.cpu()), written), f"{what}: wrong set of written cache elements"
+    assert_close(got.cpu()[written], want.cpu()[written], dtype, what)
+
+
+def run_norm_rope_cache(dtype, device, head_dim=64, heads=3, n_frames=3, frame_offset=20, slots=None,
+                        n_slots=5, norms=(True, True), rotate_k_temporal=True, strided=False,
+                        slot_dtype=torch.int64, weight_dtype=torch.float32, batch=2, seed=0):
+    tpf = GRID[0] * GRID[1]
+    q, k, v = qkv_inputs(batch, n_frames * tpf, heads, head_dim, dtype, device, strided, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    wq = (torch.rand(heads * head_dim, generator=g) + 0.5).to(device, weight_dtype) if norms[0] else None
+    wk = (torch.rand(heads * head_dim, generator=g) + 0.5).to(device, weight_dtype) if norms[1] else None
+    tables = rope_tables(head_dim, n_frames, frame_offset, device=device)
+    if slots is None:
+        slots = [(n_slots - 1 + f) % n_slots for f in range(n_frames)]  # wraps around the ring
+    frame_slots = torch.tensor(slots, dtype=slot_dtype, device=device)
+    cache_shape = (batch, n_slots * tpf, heads, head_dim)
+    k_cache, v_cache = poisoned(cache_shape, dtype, device), poisoned(cache_shape, dtype, device)
+    q_out = torch.ops.flex.norm_rope_cache_write(q, k, v, wq, wk, 1e-6, *tables, *GRID, frame_offset,
+                                                 k_cache, v_cache, frame_slots, rotate_k_temporal)
+    k_ref, v_ref = (poisoned(cache_shape, torch.float64, device) for _ in range(2))
+    q_ref = reference.norm_rope_cache_write(q.double(), k.double(), v.double(), wq, wk, 1e-6, *tables,
+                                            *GRID, frame_offset, k_ref, v_ref, frame_slots, rotate_k_temporal)
+    what = f"{dtype} D={head_dim} F={n_frames} offset={frame_offset} slots={slots}"
+    assert q_out.is_contiguous() and q_out.shape == q.shape
+    assert_close(q_out, q_ref, dtype, "q_out " + what)
+    check_cache(k_cache, k_ref, dtype, "k_cache " + what)
+    check_cache(v_cache, v_ref, dtype, "v_cache " + what)
+    return q_out, k_cache, v_cache
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim,heads", [(32, 3), (64, 2), (128, 3)])
+@pytest.mark.parametrize("n_frames", [1, 3])
+def test_norm_rope_cache_write_matches_reference(device, dtype, head_dim, heads, n_frames):
+    for frame_offset, rotate_k_temporal in ((0, True), (20, False), (100_003, True)):
+        run_norm_rope_cache(dtype, device, head_dim, heads, n_frames, frame_offset,
+                            rotate_k_temporal=rotate_k_temporal, seed=head_dim + n_frames)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norms", [(False, False), (True, False), (False, True)])
+def test_norm_rope_cache_write_optional_norms(device, dtype, norms):
+    run_norm_rope_cache(dtype, device, norms=norms, rotate_k_temporal=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norm_rope_cache_write_strided_qkv(device, dtype):
+    run_norm_rope_cache(dtype, device, head_dim=128, heads=2, strided=True, slots=[2, 0, 4])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_norm_rope_cache_write_slot_and_weight_dtypes(device):
+    run_norm_rope_cache(torch.bfloat16, device, slot_dtype=torch.int32, weight_dtype=torch.bfloat16,
+                        slots=[1, 3, 0], n_slots=4)
+    run_norm_rope_cache(torch.float16, device, slot_dtype=torch.int32, weight_dtype=torch.float64,
+                        n_frames=1, slots=[0], n_slots=1, batch=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_norm_rope_cache_write_float64(device):
+    run_norm_rope_cache(torch.float64, device, head_dim=32, n_frames=2, slots=[1, 0], n_slots=2)
+
+
+@CUDA
+def test_norm_rope_cache_write_cuda_skips_out_of_range_slots():
+    """On CUDA the slots are not read on the host: an out-of-range slot writes nothing."""
+    tpf = GRID[0] * GRID[1]
+    q, k, v = qkv_inputs(1, 2 * tpf, 2, 32, torch.float32, "cuda", False)
+    tables = rope_tables(32, 2, device="cuda")
+    kc, vc = poisoned((1, 3 * tpf, 2, 32), torch.float32, "cuda"), poisoned((1, 3 * tpf, 2, 32), torch.float32, "cuda")
+    slots = torch.tensor([1, 7], device="cuda")
+    q_out = torch.ops.flex.norm_rope_cache_write(q, k, v, None, None, 1e-6, *tables, *GRID, 0, kc, vc, slots, True)
+    assert_close(q_out, reference.rope3d(q.double(), *tables, *GRID, 0), torch.float32, "q_out")
+    written = ~torch.isnan(kc[0, :, 0, 0])
+    assert written.sum().item() == tpf and written[tpf:2 * tpf].all()
+    assert torch.isnan(vc[:, :tpf]).all() and torch.isnan(vc[:, 2 * tpf:]).all()
+
+
+def _nrc_args(**change):
+    tpf = GRID[0] * GRID[1]
+    q, k, v = (torch.randn(1, 2 * tpf, 2, 32) for _ in range(3))
+    ft, fh, fw = rope_tables(32, 2)
+    args = dict(q=q, k=k, v=v, norm_q_weight=torch.ones(64), norm_k_weight=torch.ones(64), eps=1e-6,
+                freqs_t=ft, freqs_h=fh, freqs_w=fw, grid_h=GRID[0], grid_w=GRID[1], frame_offset=0,
+                k_cache=torch.zeros(1, 3 * tpf, 2, 32), v_cache=torch.zeros(1, 3 * tpf, 2, 32),
+                frame_slots=torch.tensor([0, 2]), rotate_k_temporal=True)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(frame_slots=torch.tensor([0, 3])), r"frame_slots\[1\] = 3 is out of range for a cache of 3 slots"),
+    (dict(frame_slots=torch.tensor([-1, 0])), r"frame_slots\[0\] = -1 is out of range"),
+    (dict(frame_slots=torch.tensor([0])), "frame_slots must be 1-D with one slot per chunk frame"),
+    (dict(frame_slots=torch.tensor([0.0, 1.0])), "frame_slots must be int32 or int64"),
+    (dict(k_cache=torch.zeros(1, 3 * 63, 2, 32, dtype=torch.float16)), r"k_cache dtype \(Half\) must match q \(Float\)"),
+    (dict(v_cache=torch.zeros(1, 3 * 63, 2, 32, dtype=torch.bfloat16)), "v_cache dtype"),
+    (dict(k_cache=torch.zeros(1, 3 * 63, 3, 32)), r"k_cache must be \[B, n_slots \* grid_h \* grid_w, H, D\]"),
+    (dict(k_cache=torch.zeros(1, 3 * 63 + 1, 2, 32)), "k_cache must be"),
+    (dict(v_cache=torch.zeros(1, 2 * 63, 2, 32)), "v_cache shape"),
+    (dict(k_cache=torch.zeros(1, 2, 3 * 63, 32).transpose(1, 2)), "k_cache must be contiguous"),
+    (dict(k=torch.randn(1, 126, 3, 32)), "k must have q's shape"),
+    (dict(v=torch.randn(1, 126, 2, 32).half()), r"v dtype \(Half\) must match q"),
+    (dict(norm_q_weight=torch.ones(63)), "norm_q_weight must be 1-D with H\\*D = 64 elements"),
+    (dict(norm_k_weight=torch.ones(64, dtype=torch.int32)), "norm_k_weight must be a float tensor"),
+    (dict(eps=-1.0), "eps must be >= 0"),
+    (dict(q=torch.randn(1, 125, 2, 32)), "multiple of grid_h"),
+    (dict(frame_offset=5), "frame rows out of range"),
+])
+def test_norm_rope_cache_write_bad_input(change, match):
+    with pytest.raises(ValueError, match=match):
+        torch.ops.flex.norm_rope_cache_write(**_nrc_args(**change))
+
+
+def test_norm_rope_cache_write_opcheck():
+    args = _nrc_args()
+    torch.library.opcheck(torch.ops.flex.norm_rope_cache_write.default, tuple(args.values()))
+    args = _nrc_args(norm_q_weight=None, norm_k_weight=None, rotate_k_temporal=False,
+                     frame_slots=torch.tensor([2, 1], dtype=torch.int32))
+    torch.library.opcheck(torch.ops.flex.norm_rope_cache_write.default, tuple(args.values()))
+
+
+@CUDA
+def test_norm_rope_cache_write_opcheck_cuda():
+    args = {n: (a.cuda() if isinstance(a, torch.Tensor) else a) for n, a in _nrc_args().items()}
+    torch.library.opcheck(torch.ops.flex.norm_rope_cache_write.default, tuple(args.values()))
+
+
+# --------------------------------------------------------------------------------------------
+# ring_attention
+
+def ring_inputs(dtype, slot_frame, n_q_frames=3, heads=3, head_dim=64, batch=2, tpf=GRID[0] * GRID[1],
+                q_layout="contiguous", cache_layout="contiguous", seed=0):
+    """q [B, F*tpf, H, D] and a ring cache whose empty slots (frame -1) hold NaN."""
+    n_slots = len(slot_frame)
+    q = random_x((batch, n_q_frames * tpf, heads, head_dim), dtype, "cpu", q_layout, seed)
+    k = random_x((batch, n_slots * tpf, heads, head_dim), dtype, "cpu", cache_layout, seed + 1)
+    v = random_x((batch, n_slots * tpf, heads, head_dim), dtype, "cpu", cache_layout, seed + 2)
+    frames = torch.tensor(slot_frame, dtype=torch.int64)
+    empty = (frames < 0).repeat_interleave(tpf)
+    with torch.no_grad():
+        k[:, empty] = float("nan")
+        v[:, empty] = float("nan")
+    return q, k, v, frames
+
+
+def key_tables(head_dim, slot_frame, base_frame=0):
+    """Temporal (cos, sin) of each slot's frame (+ base_frame) for rotate-on-load, float64-exact."""
+    ct = wan_planes(head_dim)[0]
+    frames = [base_frame + max(f, 0) for f in slot_frame]
+    return axis_table(ct, frames)
+
+
+def check_attention(q, k, v, frames, tpf, q_first_frame, chunk_frames, key_freqs_t=None, what=""):
+    dtype = q.dtype
+    scale = q.shape[-1] ** -0.5
+    out, lse = torch.ops.flex.ring_attention(q, k, v, frames, tpf, q_first_frame, chunk_frames, scale,
+                                             key_freqs_t, True)
+    # The reference multiplies masked keys by probability 0, so it gets the cache with the NaN
+    # poison of its empty slots zeroed; the kernel gets the poisoned cache.
+    k64, v64 = k.double().nan_to_num(0.0), v.double().nan_to_num(0.0)
+    out_ref, lse_ref = reference.ring_attention(q.double(), k64, v64, frames, tpf,
+                                                q_first_frame, chunk_frames, scale, key_freqs_t, True)
+    assert out.is_contiguous() and lse.dtype == torch.float32
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    assert_close(out, out_ref, dtype, "out " + what)
+    no_key = torch.isinf(lse_ref)
+    assert torch.equal(torch.isinf(lse), no_key), f"lse -inf pattern {what}"
+    if (~no_key).any():
+        err = (lse.double()[~no_key] - lse_ref.double()[~no_key]).abs().max().item()
+        assert err <= 1e-5 * max(1.0, lse_ref[~no_key].abs().max().item()), f"lse error {err} {what}"
+    out_only, empty_lse = torch.ops.flex.ring_attention(q, k, v, frames, tpf, q_first_frame, chunk_frames,
+                                                        scale, key_freqs_t, False)
+    assert empty_lse.numel() == 0
+    assert torch.equal(out_only, out)
+    return out, lse
+
+
+RINGS = {
+    "full_in_order": ([0, 1, 2, 3, 4, 5], 6),
+    "partly_filled": ([0, 1, 2, -1, 3, -1], 4),
+    "wrapped": ([0, 1, 2, 9, 10, 11, 6, 7, 8], 12),   # sink 0-2, window slots wrap around
+    "sink_only": ([0, 1, 2, -1, -1, -1], 3),
+    "window_only": ([14, 12, 13, 15, 16], 17),
+    "empty": ([-1, -1], 0),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ring", sorted(RINGS))
+@pytest.mark.parametrize("head_dim,heads", [(32, 3), (64, 2), (128, 2)])
+def test_ring_attention_matches_reference(dtype, ring, head_dim, heads):
+    slot_frame, q_first = RINGS[ring]
+    q, k, v, frames = ring_inputs(dtype, slot_frame, n_q_frames=3, heads=heads, head_dim=head_dim,
+                                  seed=head_dim)
+    out, lse = check_attention(q, k, v, frames, GRID[0] * GRID[1], q_first, 0, what=f"{ring} D={head_dim}")
+    if ring == "empty":
+        assert (out == 0).all() and torch.isinf(lse).all() and (lse < 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_q_frames", [1, 3])
+def test_ring_attention_block_causal(dtype, n_q_frames):
+    """Two chunks in one call: each chunk sees the cache up to its own end, not the next chunk."""
+    tpf = GRID[0] * GRID[1]
+    chunk = n_q_frames
+    q_first = 6
+    slot_frame = [0, 1, 2] + [q_first - 1] + list(range(q_first, q_first + 2 * chunk)) + [-1]
+    q, k, v, frames = ring_inputs(dtype, slot_frame, n_q_frames=2 * chunk, heads=2, head_dim=64)
+    check_attention(q, k, v, frames, tpf, q_first, chunk, what=f"block-causal chunk={chunk}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ring_attention_queries_without_keys(dtype):
+    """Keys all later than the queries' chunk: output 0, lse -inf (block-causal)."""
+    q, k, v, frames = ring_inputs(dtype, [7, 8, -1], n_q_frames=2, heads=2, head_dim=32)
+    out, lse = check_attention(q, k, v, frames, 63, 0, 1, what="no visible key")
+    assert (out == 0).all() and torch.isinf(lse).all()
+    # Chunk 0 (frame 0) sees nothing, chunk 1 of a later start sees frame 7 only.
+    out, lse = check_attention(q, k, v, frames, 63, 6, 1, what="first chunk blind")
+    assert torch.isinf(lse[:, :, :63]).all() and torch.isfinite(lse[:, :, 63:]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ring", ["wrapped", "partly_filled", "window_only"])
+@pytest.mark.parametrize("tpf_grid", [GRID, (2, 3)])
+def test_ring_attention_rotate_on_load(dtype, ring, tpf_grid):
+    """Keys cached without temporal rotation, rotated per slot while loading (frames past 10^5).
+
+    A 7 x 9 grid rotates the queries per slot; a 2 x 3 grid (6 keys per slot) rotates each key.
+    """
+    slot_frame, q_first = RINGS[ring]
+    tpf = tpf_grid[0] * tpf_grid[1]
+    q, k, v, frames = ring_inputs(dtype, slot_frame, n_q_frames=2, heads=3, head_dim=64, tpf=tpf)
+    key_freqs_t = key_tables(64, slot_frame, base_frame=100_000)
+    check_attention(q, k, v, frames, tpf, q_first, 0, key_freqs_t, what=f"rotate-on-load {ring} tpf={tpf}")
+    check_attention(q, k, v, frames, tpf, q_first, 1, key_freqs_t, what=f"rotate-on-load causal {ring}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ring_attention_strided(dtype):
+    q, k, v, frames = ring_inputs(dtype, [0, 1, 2, 5, -1, 4], n_q_frames=2, heads=3, head_dim=64,
+                                  q_layout="qkv_slice", cache_layout="padded")
+    check_attention(q, k, v, frames, 63, 4, 1, key_tables(64, [0, 1, 2, 5, -1, 4], 7), what="strided")
+    q2, k2, v2, _ = ring_inputs(dtype, [0, 1, 2, 5, -1, 4], n_q_frames=1, heads=3, head_dim=64,
+                                q_layout="heads_major", cache_layout="heads_major")
+    check_attention(q2, k2, v2, frames, 63, 6, 0, what="heads-major")
+
+
+def test_ring_attention_rotate_on_load_matches_rotated_cache():
+    """norm_rope_cache_write(rotate_k_temporal=False) + rotate-on-load == fully rotated cache."""
+    tpf, head_dim, frame_offset = GRID[0] * GRID[1], 64, 200_000
+    q, k, v = qkv_inputs(1, 3 * tpf, 2, head_dim, torch.float32, "cpu", False, seed=5)
+    tables = rope_tables(head_dim, 3, frame_offset)
+    caches = {}
+    for rot in (True, False):
+        kc, vc = poisoned((1, 4 * tpf, 2, head_dim), torch.float32, "cpu"), poisoned((1, 4 * tpf, 2, head_dim), torch.float32, "cpu")
+        qo = torch.ops.flex.norm_rope_cache_write(q, k, v, None, None, 1e-6, *tables, *GRID, frame_offset,
+                                                  kc, vc, torch.tensor([3, 0, 1]), rot)
+        caches[rot] = (qo, kc, vc)
+    slot_frame = torch.tensor([frame_offset + 1, frame_offset + 2, -1, frame_offset])
+    rows = [1, 2, 0, 0]  # temporal table rows of each slot's frame (empty slot: any)
+    key_freqs_t = tables[0][[frame_offset + r for r in rows]]
+    qo, kc, vc = caches[True]
+    full, _ = torch.ops.flex.ring_attention(qo, kc, vc, slot_frame, tpf, frame_offset, 0, head_dim ** -0.5, None, False)
+    qo2, kc2, vc2 = caches[False]
+    on_load, _ = torch.ops.flex.ring_attention(qo2, kc2, vc2, slot_frame, tpf, frame_offset, 0, head_dim ** -0.5,
+                                               key_freqs_t, False)
+    assert_close(on_load, full.double(), torch.float32, "rotate-on-load vs rotated cache")
+
+
+def _attn_args(**change):
+    tpf = 63
+    args = dict(q=torch.randn(1, tpf, 2, 32), k_cache=torch.randn(1, 3 * tpf, 2, 32),
+                v_cache=torch.randn(1, 3 * tpf, 2, 32), slot_frame=torch.tensor([0, 1, -1]),
+                tokens_per_frame=tpf, q_first_frame=1, chunk_frames=1, scale=0.2,
+                key_freqs_t=torch.randn(3, 6, 2), return_lse=True)
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(k_cache=torch.randn(1, 189, 2, 32).half()), r"k_cache dtype \(Half\) must match q \(Float\)"),
+    (dict(v_cache=torch.randn(1, 189, 3, 32)), "v_cache must be"),
+    (dict(k_cache=torch.randn(1, 189, 2, 16)), "k_cache must be"),
+    (dict(v_cache=torch.randn(1, 126, 2, 32)), "v_cache shape"),
+    (dict(k_cache=torch.randn(1, 190, 2, 32), v_cache=torch.randn(1, 190, 2, 32)), "multiple of tokens_per_frame"),
+    (dict(slot_frame=torch.tensor([0, 1])), "slot_frame must be 1-D with one frame per cache slot"),
+    (dict(slot_frame=torch.tensor([0.0, 1.0, 2.0])), "slot_frame must be int64 or int32"),
+    (dict(key_freqs_t=torch.randn(2, 6, 2)), r"key_freqs_t must be \[n_slots, C_t, 2\]"),
+    (dict(key_freqs_t=torch.randn(3, 17, 2)), "key_freqs_t must be"),
+    (dict(key_freqs_t=torch.randn(3, 6, 2).double()), "key_freqs_t must be float32"),
+    (dict(tokens_per_frame=0), "tokens_per_frame must be positive"),
+    (dict(q=torch.randn(1, 63, 32)), "q must be 4-D"),
+    (dict(q=torch.randn(1, 63, 2, 32).double()), "q must be float32, float16 or bfloat16"),
+    (dict(q=torch.randn(1, 63, 2, 64)[..., ::2]), "last dim of q must be contiguous"),
+])
+def test_ring_attention_bad_input(change, match):
+    with pytest.raises(ValueError, match=match):
+        torch.ops.flex.ring_attention(**_attn_args(**change))
+
+
+def test_ring_attention_opcheck():
+    for args in (_attn_args(), _attn_args(key_freqs_t=None, return_lse=False, chunk_frames=0)):
+        torch.library.opcheck(torch.ops.flex.ring_attention.default, tuple(args.values()))
+
+
+def test_ring_attention_compiles():
+    args = _attn_args()
+
+    def f(q):
+        out, lse = torch.ops.flex.ring_attention(q * 1.0, *list(args.values())[1:])
+        return out.sum() + lse.clamp_min(-1e30).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(args["q"]), f(args["q"]))

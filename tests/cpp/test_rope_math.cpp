@@ -123,6 +123,31 @@ void test_rotate_pair_double() {
   CHECK(max_err < 1e-15, "rotate_pair<double> error %g", max_err);
 }
 
+// q . rotate(k) == rotate_inverse(q) . k, the identity rotate-on-load attention relies on.
+void test_inverse_rotation() {
+  const int32_t n = 22;
+  const std::vector<float> cs = make_table(1, n, 123457);
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal;
+  std::vector<double> q(2 * n), k(2 * n), k_rot(2 * n), q_inv(2 * n), back(2 * n);
+  for (int i = 0; i < 2 * n; ++i) {
+    q[i] = normal(rng);
+    k[i] = normal(rng);
+  }
+  flex::rotate_planes<double>(k.data(), k_rot.data(), cs.data(), n);
+  flex::rotate_planes_inverse<double>(q.data(), q_inv.data(), cs.data(), n);
+  flex::rotate_planes_inverse<double>(k_rot.data(), back.data(), cs.data(), n);
+  double lhs = 0, rhs = 0, round_trip = 0;
+  for (int i = 0; i < 2 * n; ++i) {
+    lhs += q[i] * k_rot[i];
+    rhs += q_inv[i] * k[i];
+    round_trip = std::fmax(round_trip, std::fabs(back[i] - k[i]));
+  }
+  // The float32 table is unit-norm only to ~1e-7, hence the tolerances.
+  CHECK(std::fabs(lhs - rhs) < 1e-12 * (1 + std::fabs(lhs)), "q.Rk = %.17g, R^-1 q.k = %.17g", lhs, rhs);
+  CHECK(round_trip < 1e-6, "inverse(rotate(k)) differs from k by %g", round_trip);
+}
+
 void test_rms_inverse() {
   std::mt19937 rng(2);
   std::normal_distribution<double> normal;
@@ -180,6 +205,7 @@ int main() {
   test_locate_plane();
   test_rotation_of_a_token();
   test_rotate_pair_double();
+  test_inverse_rotation();
   test_rms_inverse();
   test_ring_mask();
   test_exp_nonpositive();

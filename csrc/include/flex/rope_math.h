@@ -137,6 +137,20 @@ FLEX_HOST_DEVICE inline void rotate_planes(const T* in, T* out, const float* cs,
 FLEX_HOST_DEVICE inline float square_root(float x) { return sqrtf(x); }
 FLEX_HOST_DEVICE inline double square_root(double x) { return sqrt(x); }
 
+// Inverse rotation (by the conjugate (cos, -sin)) of n consecutive planes. Rotations are
+// orthogonal: q . rotate(k) == rotate_inverse(q) . k, which lets attention rotate a query block
+// once instead of every key of a cache slot (rotate-on-load).
+template <typename T>
+FLEX_HOST_DEVICE inline void rotate_planes_inverse(const T* in, T* out, const float* cs, int64_t n) {
+  for (int64_t p = 0; p < n; ++p) {
+    T y0, y1;
+    rotate_pair<T>(in[2 * p], in[2 * p + 1], static_cast<T>(cs[2 * p]),
+                   -static_cast<T>(cs[2 * p + 1]), y0, y1);
+    out[2 * p] = y0;
+    out[2 * p + 1] = y1;
+  }
+}
+
 // RMSNorm factor 1 / sqrt(mean(x^2) + eps) from the sum of squares of n values, computed in T
 // (float for float/half/bfloat16 inputs, double for double) with IEEE sqrt and division.
 template <typename T>
