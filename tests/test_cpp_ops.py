@@ -550,3 +550,20 @@ def test_ring_attention_compiles():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(args["q"]), f(args["q"]))
+
+
+def test_norm_rope_cache_write_compiles():
+    """torch.compile functionalises the in-place cache writes and keeps them (fullgraph)."""
+    args = _nrc_args()
+
+    def f(q, k_cache, v_cache):
+        call = dict(args, q=q, k_cache=k_cache, v_cache=v_cache)
+        return torch.ops.flex.norm_rope_cache_write(**call) * 2
+
+    eager_caches = (args["k_cache"].clone(), args["v_cache"].clone())
+    compiled_caches = (args["k_cache"].clone(), args["v_cache"].clone())
+    expected = f(args["q"], *eager_caches)
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(args["q"], *compiled_caches)
+    assert torch.equal(got, expected)
+    assert torch.equal(compiled_caches[0], eager_caches[0]) and torch.equal(compiled_caches[1], eager_caches[1])
+    assert eager_caches[0].abs().sum() > 0
