@@ -7,7 +7,7 @@ CUDA variants run when a GPU is present.
 """
 from __future__ import annotations
 
-import math
+import os
 
 import pytest
 import torch
@@ -387,28 +387,47 @@ def key_tables(head_dim, slot_frame, base_frame=0):
     return axis_table(ct, frames)
 
 
+LSE_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def cpu_attention_paths(dtype):
+    """16-bit inputs may take the matrix-unit (brgemm) path; FLEX_CPU_ATTENTION_FP32 forces fp32 GEMMs."""
+    return [None, "1"] if dtype in (torch.float16, torch.bfloat16) else [None]
+
+
 def check_attention(q, k, v, frames, tpf, q_first_frame, chunk_frames, key_freqs_t=None, what=""):
     dtype = q.dtype
     scale = q.shape[-1] ** -0.5
-    out, lse = torch.ops.flex.ring_attention(q, k, v, frames, tpf, q_first_frame, chunk_frames, scale,
-                                             key_freqs_t, True)
     # The reference multiplies masked keys by probability 0, so it gets the cache with the NaN
     # poison of its empty slots zeroed; the kernel gets the poisoned cache.
     k64, v64 = k.double().nan_to_num(0.0), v.double().nan_to_num(0.0)
     out_ref, lse_ref = reference.ring_attention(q.double(), k64, v64, frames, tpf,
                                                 q_first_frame, chunk_frames, scale, key_freqs_t, True)
-    assert out.is_contiguous() and lse.dtype == torch.float32
-    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
-    assert_close(out, out_ref, dtype, "out " + what)
     no_key = torch.isinf(lse_ref)
-    assert torch.equal(torch.isinf(lse), no_key), f"lse -inf pattern {what}"
-    if (~no_key).any():
-        err = (lse.double()[~no_key] - lse_ref.double()[~no_key]).abs().max().item()
-        assert err <= 1e-5 * max(1.0, lse_ref[~no_key].abs().max().item()), f"lse error {err} {what}"
-    out_only, empty_lse = torch.ops.flex.ring_attention(q, k, v, frames, tpf, q_first_frame, chunk_frames,
-                                                        scale, key_freqs_t, False)
-    assert empty_lse.numel() == 0
-    assert torch.equal(out_only, out)
+    for force_fp32 in cpu_attention_paths(dtype):
+        label = f"{what} [FLEX_CPU_ATTENTION_FP32={force_fp32}]"
+        saved = os.environ.pop("FLEX_CPU_ATTENTION_FP32", None)
+        if force_fp32 is not None:
+            os.environ["FLEX_CPU_ATTENTION_FP32"] = force_fp32
+        try:
+            out, lse = torch.ops.flex.ring_attention(q, k, v, frames, tpf, q_first_frame, chunk_frames,
+                                                     scale, key_freqs_t, True)
+            out_only, empty_lse = torch.ops.flex.ring_attention(q, k, v, frames, tpf, q_first_frame,
+                                                                chunk_frames, scale, key_freqs_t, False)
+        finally:
+            os.environ.pop("FLEX_CPU_ATTENTION_FP32", None)
+            if saved is not None:
+                os.environ["FLEX_CPU_ATTENTION_FP32"] = saved
+        assert out.is_contiguous() and lse.dtype == torch.float32
+        assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+        assert_close(out, out_ref, dtype, "out " + label)
+        assert torch.equal(torch.isinf(lse), no_key), f"lse -inf pattern {label}"
+        if (~no_key).any():
+            err = (lse.double()[~no_key] - lse_ref.double()[~no_key]).abs().max().item()
+            bound = LSE_TOL[dtype] * max(1.0, lse_ref[~no_key].abs().max().item())
+            assert err <= bound, f"lse error {err:.3g} > {bound:.3g} {label}"
+        assert empty_lse.numel() == 0
+        assert torch.equal(out_only, out)
     return out, lse
 
 
@@ -567,3 +586,38 @@ def test_norm_rope_cache_write_compiles():
     assert torch.equal(got, expected)
     assert torch.equal(compiled_caches[0], eager_caches[0]) and torch.equal(compiled_caches[1], eager_caches[1])
     assert eager_caches[0].abs().sum() > 0
+
+
+@pytest.fixture
+def one_thread():
+    """Run with a single intra-op thread (tasks then cover several query blocks)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rotate", [False, True])
+@pytest.mark.parametrize("chunk_frames", [0, 3])
+def test_ring_attention_many_blocks(one_thread, dtype, rotate, chunk_frames):
+    """Several 256-query blocks per task, runs of slots longer than one 1024-key block, a wrapped
+    ring with an empty slot, block-causal chunks that straddle query blocks."""
+    n_q_frames = 13  # 819 queries: 4 query blocks of <= 256
+    q_first = 20
+    slot_frame = [0, 1, 2] + list(range(q_first - 6, q_first + n_q_frames)) + [-1, q_first - 7]
+    q, k, v, frames = ring_inputs(dtype, slot_frame, n_q_frames=n_q_frames, heads=2, head_dim=64, batch=1)
+    key_freqs_t = key_tables(64, slot_frame, base_frame=123_456) if rotate else None
+    check_attention(q, k, v, frames, 63, q_first, chunk_frames, key_freqs_t,
+                    what=f"many blocks rotate={rotate} chunk={chunk_frames}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ring_attention_negative_scale(dtype):
+    """A non-positive scale takes the unfused softmax of the 16-bit path."""
+    q, k, v, frames = ring_inputs(dtype, [0, 1, -1, 2], n_q_frames=2, heads=2, head_dim=64)
+    k64, v64 = k.double().nan_to_num(0.0), v.double().nan_to_num(0.0)
+    out, lse = torch.ops.flex.ring_attention(q, k, v, frames, 63, 3, 1, -0.07, None, True)
+    ref, ref_lse = reference.ring_attention(q.double(), k64, v64, frames, 63, 3, 1, -0.07, None, True)
+    assert_close(out, ref, dtype, "negative scale")
+    assert (lse.double() - ref_lse).abs().max() <= LSE_TOL[dtype] * max(1.0, ref_lse.abs().max().item())
