@@ -12,6 +12,7 @@ import threading
 import time
 
 import torch
+from tqdm import tqdm
 
 from flex.config import FlexConfig
 from flex.models.wan import CausalWanModel, wan_config
@@ -73,7 +74,7 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak, self._rss())
-            self.mb = self.peak / 2**20  # absolute RSS: model, caches and the interpreter included
+            self.mb = self.peak / 2**20  # process RSS: model, caches, interpreter; it never shrinks
 
 
 def run_stream(pipe: Pipeline, text, frames: int, latent, device) -> float:
@@ -137,14 +138,19 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     # Warm-up (kernel selection, allocator) on one chunk per path.
     for pipe in paths.values():
         run_stream(pipe, text_cache, CHUNK, s["latent"], device)
+    bar = tqdm(total=sum(latent_frames(h) for h in s["horizons"]) * len(paths), unit="frame", desc="end to end",
+               leave=False)
     for seconds in s["horizons"]:
         frames = latent_frames(seconds)
         base = None
         for name, pipe in paths.items():
+            bar.set_postfix_str(f"{seconds} s, {name}")
             if name.startswith("upstream") and frames > MAX_POSITIONS:
+                bar.update(frames)
                 continue  # upstream's 1024-position RoPE table cannot go there
             with PeakMemory(device) as mem:
                 sec = run_stream(pipe, text_cache, frames, s["latent"], device)
+            bar.update(frames)
             base = sec if base is None else base
             rows.append(dict(
                 path=name, seconds_of_video=seconds, latent_frames=frames, video_frames=4 * frames - 3,
@@ -153,6 +159,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
                 model=f"dim {s['model'].dim}, {s['model'].num_layers} layers, {s['model'].num_heads}x{s['model'].head_dim}",
                 latent_size=list(s["latent"]), sink_frames=SINK, window_frames=WINDOW,
             ))
+    bar.close()
     if decode:
         latents = torch.randn(1, 6 if quick else 21, 16, *s["latent"], device=device)
         fps = decode_fps(latents, device, dtype, quick)

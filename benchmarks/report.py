@@ -81,7 +81,9 @@ def markdown(results: dict) -> str:
         parts += ["## Ops", _markdown(ops_table(results["ops"]))]
     if results["e2e"]:
         parts += ["## End to end", _markdown(e2e_table(results["e2e"])),
-                  "Text encoding is excluded; VAE decode is timed separately (decode FPS)."]
+                  "Text encoding is excluded; VAE decode is timed separately (decode FPS: pixel frames per second of "
+                  "chunk-by-chunk Wan VAE decode). Peak memory: the CUDA allocator's peak on a GPU, the process "
+                  "RSS on a CPU."]
     return "\n\n".join(parts) + "\n"
 
 

@@ -55,6 +55,19 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def reproduce_command(argv: list[str]) -> str:
+    """The command line of this run, without the machine-specific --out folder."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return " ".join(["python benchmarks/run.py"] + kept)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=("ops", "e2e", "all"), default="all", help="what to measure (default: all)")
@@ -82,7 +95,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     results = dict(schema=SCHEMA_VERSION, machine=machine_info(device), dtype=str(dtype).replace("torch.", ""),
-                   quick=args.quick, command="python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   quick=args.quick, command=reproduce_command(argv if argv is not None else sys.argv[1:]),
                    roofline={}, ops=[], e2e=[])
     steps = []
     if args.suite in ("ops", "all"):
