@@ -9,13 +9,7 @@ from flex.models import CausalWanModel, WanConfig, sinusoidal_embedding, wan_con
 from flex.rope import Rope3D
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(dtype=torch.float64, seed=0, **kw):

@@ -16,13 +16,7 @@ HW = (2, 4)  # latent 2 x 4 -> 1 x 2 tokens per frame
 STEPS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(dtype=torch.float64, seed=0):
