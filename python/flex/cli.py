@@ -124,6 +124,11 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
     run.add_argument("--dtype", choices=tuple(DTYPES), default=d("bf16"),
                      help="dtype of the DiT, the text encoder and the VAE")
     run.add_argument("--device", default=d("auto"), help="torch device: auto (cuda when available), cuda, cuda:1, cpu")
+    run.add_argument("--compile", choices=("off", "on", "frozen"), default=d("off"),
+                     help="torch.compile each model pass: on = inductor; frozen = inductor with the weights "
+                          "frozen in and autotuned GEMMs (fastest on CPU); the first chunks pay the compile time")
+    run.add_argument("--cuda-graphs", action="store_true", default=d(False),
+                     help="capture each model pass in a CUDA graph and replay it (CUDA only)")
     run.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
 
 
@@ -293,8 +298,15 @@ def check_args(args, explicit: set[str]) -> dict:
         raise CliError(f"--lora-alpha must be > 0, got {args.lora_alpha}")
     cfg = flex_config(args, explicit)
     frames, how = latent_frames(args, cfg.chunk_frames)
+    device = resolve_device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        raise CliError(f"--cuda-graphs needs a CUDA device, got --device {args.device} ({device})")
+    if args.compile != "off" and cfg.dynamic and cfg.strategy == "yarn":
+        raise CliError("--compile needs a fixed softmax scale, but --rope yarn with --dynamic changes it every chunk")
+    if args.cuda_graphs and cfg.dynamic and cfg.strategy == "yarn":
+        raise CliError("--cuda-graphs needs a fixed softmax scale, but --rope yarn with --dynamic changes it every chunk")
     return dict(prompts=prompts, wan_dir=wan_dir, flex=cfg, frames=frames, frames_how=how,
-                outputs=output_paths(args.out, prompts), device=resolve_device(args.device), steps=steps)
+                outputs=output_paths(args.out, prompts), device=device, steps=steps)
 
 
 # ---------------------------------------------------------------- the work
@@ -372,7 +384,8 @@ def generate(args, explicit: set[str]) -> int:
     # 3. DiT and VAE on the device.
     model = model.to(device=device, dtype=dtype)
     vae = WanVAEDecoder.from_pretrained(settings["wan_dir"], device, dtype)
-    pipe = Pipeline(model, cfg, denoising_steps=settings["steps"], backend=args.backend)
+    pipe = Pipeline(model, cfg, denoising_steps=settings["steps"], backend=args.backend,
+                    compile={"off": False, "on": True, "frozen": "frozen"}[args.compile], cuda_graphs=args.cuda_graphs)
     n_chunks = frames // cfg.chunk_frames
 
     from tqdm.auto import tqdm

@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from .chunk_step import ChunkStep, compile_options
 from .config import FlexConfig
 from .models.wan import CausalWanModel, ChunkRope, TextCache, WanKVCache, _resolve_backends, chunk_rope
 from .noise import antiphase_noise
@@ -72,6 +73,11 @@ class Pipeline:
             ``warp_denoising_step``, else taken as raw timesteps).
         context_noise: timestep of the clean pass that stores each chunk's k/v (0 upstream).
         backend: backend of the attention ops, a name or ``{op: name}`` (see flex.ops).
+        compile: run each pass through ``torch.compile``, traced whole from fixed device buffers
+            (see flex.chunk_step): True = inductor; "frozen" = inductor with the weights frozen
+            in (fastest on CPU; weights changed later are not seen); or a backend name/callable.
+        cuda_graphs: capture each pass in a CUDA graph and replay it (CUDA models only);
+            combines with ``compile``.
     """
 
     def __init__(
@@ -84,6 +90,8 @@ class Pipeline:
         shift: float = 5.0,
         context_noise: float = 0.0,
         backend: str | Mapping[str, str] = "auto",
+        compile: bool | str | Callable = False,
+        cuda_graphs: bool = False,
     ):
         if not isinstance(model, CausalWanModel):
             raise ValueError(f"model must be a CausalWanModel, got {type(model).__name__}")
@@ -93,6 +101,13 @@ class Pipeline:
         if not 0 <= context_noise <= 1000:
             raise ValueError(f"context_noise must be in [0, 1000], got {context_noise!r}")
         _resolve_backends(backend)  # validates the name(s) now
+        compile_options(compile)  # validates compile now
+        if not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
+        if cuda_graphs and model.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, got {model.device}")
+        self.compile, self.cuda_graphs = compile, cuda_graphs
+        self.step: ChunkStep | None = None  # the fixed-buffer pass, when compile or cuda_graphs
         self.model = model
         self.config = config
         self.backend = backend
@@ -121,14 +136,25 @@ class Pipeline:
                                                  cfg.alpha, cfg.beta, cfg.rope_base))
         return self._rope[1]
 
-    def chunk_rope(self, cache: WanKVCache, first_frame: int, n_frames: int, total_frames: int) -> ChunkRope:
-        """The RoPE tables of one chunk (shared by its 5 passes and every layer)."""
+    def chunk_positions(self, first_frame: int, n_frames: int, total_frames: int) -> tuple[Rope3D, int, float]:
+        """(RoPE thetas, position shift, softmax scale) of chunk [first_frame, +n_frames)."""
         cfg = self.config
         length, shift = self.rope_length_and_shift(first_frame, n_frames, total_frames)
         scale = self.model.head_dim ** -0.5 * logit_scale(cfg.strategy, length, cfg.l_train)
-        return chunk_rope(self.rope_for_length(length), cache, first_frame, n_frames,
-                          rotate_on_load=cfg.rotate_on_load, position_shift=shift, scale=scale,
-                          dtype=self.model.table_dtype)
+        return self.rope_for_length(length), shift, scale
+
+    def chunk_rope(self, cache: WanKVCache, first_frame: int, n_frames: int, total_frames: int) -> ChunkRope:
+        """The RoPE tables of one chunk (shared by its 5 passes and every layer)."""
+        rope, shift, scale = self.chunk_positions(first_frame, n_frames, total_frames)
+        return chunk_rope(rope, cache, first_frame, n_frames, rotate_on_load=self.config.rotate_on_load,
+                          position_shift=shift, scale=scale, dtype=self.model.table_dtype)
+
+    def chunk_step(self, batch: int, grid_h: int, grid_w: int) -> ChunkStep:
+        """The fixed-buffer pass for this shape (kept across streams: compiled code and graphs too)."""
+        if self.step is None or not self.step.matches(batch, grid_h, grid_w):
+            self.step = ChunkStep(self.model, batch, grid_h, grid_w, self.config, self.backend,
+                                  compile=self.compile, cuda_graphs=self.cuda_graphs)
+        return self.step
 
     # ------------------------------------------------------------ validation
 
@@ -226,20 +252,32 @@ class Pipeline:
         report = bar is not None or callback is not None
         try:
             # Grad mode is switched off per chunk, never across a yield (the caller's code runs there).
+            fixed = bool(self.compile) or self.cuda_graphs
             with torch.no_grad():
                 text_cache = text if isinstance(text, TextCache) else model.encode_text(text)
-                cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames)
+                if fixed:
+                    step = self.chunk_step(batch, h // ph, w // pw)
+                    step.begin_stream(text_cache)
+                    cache = step.cache
+                else:
+                    cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames)
             self.cache = cache
             start = time.perf_counter()
             for c in range(n_chunks):
                 f0 = c * n
                 with torch.no_grad():
-                    rope = self.chunk_rope(cache, f0, n, num_frames)
+                    if fixed:
+                        step.set_chunk(f0, *self.chunk_positions(f0, n, num_frames))
+                        run = step
+                    else:
+                        rope = self.chunk_rope(cache, f0, n, num_frames)
+                        run = (lambda x, t, f0=f0, rope=rope:
+                               model(x, t, text_cache, cache, f0, rope, self.backend))
                     if noise is not None:
                         x = noise[:, f0:f0 + n].to(device, ldt)
                     else:
                         x = antiphase_noise(shape, cfg.rho, generator, draw_device).to(device, ldt)
-                    x0 = self._denoise_chunk(x, f0, text_cache, cache, rope, renoise, generator, draw_device, shape)
+                    x0 = self._denoise_chunk(run, x, f0, renoise, generator, draw_device, shape)
                 if report:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
@@ -254,15 +292,16 @@ class Pipeline:
             if bar is not None:
                 bar.close()
 
-    def _denoise_chunk(self, x, f0, text_cache, cache, rope, renoise, generator, draw_device, shape):
-        """The 4 denoising passes and the clean pass of one chunk; returns its x0."""
-        model, cfg = self.model, self.config
+    def _denoise_chunk(self, run, x, f0, renoise, generator, draw_device, shape):
+        """The 4 denoising passes and the clean pass of one chunk (``run(x, t)`` is one model
+        pass over the chunk); returns its x0."""
+        cfg = self.config
         n = x.shape[1]
         steps = len(self.timesteps)
         t_shape = (x.shape[0], n)
         x0 = None
         for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
-            v = model(x, torch.full(t_shape, t, device=x.device), text_cache, cache, f0, rope, self.backend)
+            v = run(x, torch.full(t_shape, t, device=x.device))
             x0 = (x.double() - sigma * v.double()).to(x.dtype)
             if i + 1 < steps:
                 if renoise is not None:
@@ -272,7 +311,7 @@ class Pipeline:
                     eps = antiphase_noise(shape, rho, generator, draw_device).to(x.device, x.dtype)
                 s = self.sigmas[i + 1]
                 x = ((1 - s) * x0.double() + s * eps.double()).to(x.dtype)
-        model(x0, torch.full(t_shape, self.context_noise, device=x.device), text_cache, cache, f0, rope, self.backend)
+        run(x0, torch.full(t_shape, self.context_noise, device=x.device))
         return x0
 
 

@@ -387,6 +387,33 @@ def _resolve_backends(backend) -> dict[str, str]:
     raise ValueError(f"backend must be a str or a dict {{op: backend}}, got {type(backend).__name__}")
 
 
+@dataclass(frozen=True)
+class PassKernels:
+    """The two self-attention ops of a chunk pass, resolved to backend functions once.
+
+    Dispatch (flex.ops) imports modules and checks arguments on every call; a pass resolves
+    once and calls the backend functions directly, so torch.compile can trace it whole.
+    """
+
+    norm_rope_cache_write: Callable
+    ring_attention: Callable
+    names: tuple[str, str]
+
+
+def resolve_pass_kernels(backend, device, dtype, head_dim: int, rotate_on_load: bool) -> PassKernels:
+    """PassKernels for a model pass (chunk_frames 0, resident prefix given, no lse)."""
+    be = _resolve_backends(backend)
+    device = torch.device(device)
+    nrc = ops.resolve_backend("norm_rope_cache_write", be["norm_rope_cache_write"], device, dtype=dtype,
+                              head_dim=head_dim)
+    # Only whether key_freqs_t is given matters to the backends' supports().
+    ra = ops.resolve_backend("ring_attention", be["ring_attention"], device, chunk_frames=0,
+                             key_freqs_t=True if rotate_on_load else None, resident_tokens=0, return_lse=False,
+                             dtype=dtype, head_dim=head_dim)
+    short = lambda mod: mod.__name__.rsplit(".", 1)[-1]  # noqa: E731
+    return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, (short(nrc), short(ra)))
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -560,23 +587,48 @@ class CausalWanModel(nn.Module):
         if not isinstance(first_frame, int) or first_frame < 0:
             raise ValueError(f"first_frame must be an int >= 0, got {first_frame!r}")
         slots = cache.slots(first_frame, n)  # also checks the chunk fits in the window
+        frames = torch.arange(first_frame, first_frame + n, device=cache.device)
         if rope is None:
             rope = chunk_rope(self.default_rope(), cache, first_frame, n, dtype=self.table_dtype)
-        be = _resolve_backends(backend)
-        tpf = gh * gw
+        kernels = resolve_pass_kernels(backend, x.device, self.param_dtype, self.head_dim, rope.rotate_on_load)
+        for layer in cache.layers:  # host mirror of the device bookkeeping chunk_pass does
+            layer.frames_written = max(layer.frames_written, first_frame + n)
+        resident = cache.layers[0].resident_prefix_tokens()
+        return self.chunk_pass(x, timestep, text, cache, slots, frames, rope, resident, kernels)
+
+    def chunk_pass(
+        self,
+        x: torch.Tensor,
+        timestep,
+        text: TextCache,
+        cache: WanKVCache,
+        slots: torch.Tensor,
+        frames: torch.Tensor,
+        rope: ChunkRope,
+        resident_tokens: int,
+        kernels: "PassKernels",
+    ) -> torch.Tensor:
+        """forward() without validation or host bookkeeping: device tensors in, device work only.
+
+        slots / frames [n] int64 (device): the ring slot and the frame index of each chunk frame;
+        resident_tokens: the resident ring prefix once the chunk is written (for the unmasked
+        backends). Every layer writes the chunk's k/v into its slots, records ``frames`` in its
+        ``slot_frame`` and attends over the ring -- nothing is read back to the host, so the
+        pass can be traced whole by torch.compile and captured in a CUDA graph.
+        """
+        _, _, _, h, w = x.shape
+        _, ph, pw = self.config.patch_size
+        gh, gw = h // ph, w // pw
         rotate_k_temporal = not rope.rotate_on_load
 
         def attend(i, attn, q, k, v):
             layer = cache.layers[i]
-            q_rot = ops.norm_rope_cache_write(
+            q_rot = kernels.norm_rope_cache_write(
                 q, k, v, attn.norm_q.weight, attn.norm_k.weight, self.eps, rope.freqs_t, rope.freqs_h,
-                rope.freqs_w, gh, gw, 0, layer.k, layer.v, slots, rotate_k_temporal=rotate_k_temporal,
-                backend=be["norm_rope_cache_write"])
-            layer.mark_written(first_frame, n, slots)
-            return ops.ring_attention(
-                q_rot, layer.k, layer.v, layer.slot_frame, tpf, first_frame, 0, scale=rope.scale,
-                key_freqs_t=rope.key_freqs_t, resident_tokens=layer.resident_prefix_tokens(),
-                backend=be["ring_attention"])
+                rope.freqs_w, gh, gw, 0, layer.k, layer.v, slots, rotate_k_temporal)
+            layer.slot_frame.index_copy_(0, slots, frames)
+            return kernels.ring_attention(q_rot, layer.k, layer.v, layer.slot_frame, gh * gw, 0, 0, rope.scale,
+                                          rope.key_freqs_t, False, resident_tokens)
 
         return self.forward_with_attention(x, timestep, text, attend)
 
@@ -664,6 +716,6 @@ class CausalWanModel(nn.Module):
 
 
 __all__ = [
-    "CausalWanModel", "ChunkRope", "TextCache", "WAN_PRESETS", "WanConfig", "WanKVCache", "chunk_rope",
+    "CausalWanModel", "ChunkRope", "PassKernels", "resolve_pass_kernels", "TextCache", "WAN_PRESETS", "WanConfig", "WanKVCache", "chunk_rope",
     "sinusoidal_embedding", "wan_config",
 ]

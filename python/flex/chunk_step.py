@@ -1,0 +1,220 @@
+"""A chunk pass whose per-chunk state lives in fixed device tensors: compilable and capturable.
+
+The eager pipeline path hands every pass host values (the chunk's first frame, slots built
+from it, RoPE tables computed for it). ChunkStep instead keeps everything a pass reads in
+device buffers that are refilled in place between chunks,
+
+    first_frame, position_shift    0-d int64
+    thetas_t / thetas_h / thetas_w float64 (refilled only when the RoPE scale S changes)
+    text K/V                       copied in once per stream
+    the ring KV cache              one per ChunkStep, reused by every stream of that shape
+
+and derives the frame indices, ring slots and RoPE tables on the device inside the pass.
+A pass is then the same sequence of kernels over the same addresses every chunk:
+
+* ``compile`` (True, "frozen", or a torch.compile backend): torch.compile traces it with ``fullgraph=True`` (no graph break, no host
+  read) once per (resident ring prefix, softmax scale). The resident prefix only grows
+  while the ring fills, so a stream compiles (sink + window) / chunk + 1 variants at most;
+  the scale would change every chunk with YaRN and ``dynamic=True``, which is refused.
+* ``cuda_graphs``: each variant is captured once in a CUDA graph (after a warm-up pass that
+  does the real work) and replayed; inputs are copied into static buffers, outputs cloned.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .cache import frame_slots
+from .config import FlexConfig
+from .models.wan import CausalWanModel, ChunkRope, TextCache, resolve_pass_kernels
+from .rope import Rope3D, axis_planes, cos_sin
+
+
+COMPILE_MODES = {
+    # inductor as is: weights stay inputs, so later weight changes are seen.
+    True: dict(backend="inductor"),
+    # inductor with the weights frozen into the compiled code (constant folding, prepacked
+    # GEMM weights) and autotuned GEMMs: the fastest CPU inference. Weights changed after the
+    # first pass are NOT seen: build a new Pipeline after loading other weights.
+    "frozen": dict(backend="inductor", options={"freezing": True, "max_autotune": True}),
+}
+
+
+def compile_options(compile) -> dict | None:
+    """torch.compile keyword arguments for the ``compile`` option, or None when it is off.
+
+    False: eager. True: inductor. "frozen": inductor with frozen weights and autotuned GEMMs.
+    Any other string or a callable: that torch.compile backend (e.g. "aot_eager").
+    """
+    if compile is False or compile is None:
+        return None
+    if compile is True or compile == "frozen":
+        return dict(COMPILE_MODES[compile])
+    if isinstance(compile, str) or callable(compile):
+        return dict(backend=compile)
+    raise ValueError(f"compile must be a bool, 'frozen', a torch.compile backend name or a backend callable, "
+                     f"got {compile!r}")
+
+
+class ChunkStep:
+    """Runs model passes of ``config.chunk_frames``-frame chunks on a [grid_h x grid_w] grid.
+
+    Use: ``begin_stream(text_cache)`` once per stream, ``set_chunk(...)`` once per chunk, then
+    ``step(x, t)`` for each pass of the chunk (x [B, n, C, H, W], t [B, n]).
+    """
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        batch: int,
+        grid_h: int,
+        grid_w: int,
+        config: FlexConfig,
+        backend="auto",
+        *,
+        compile: bool | str | Callable = False,
+        cuda_graphs: bool = False,
+    ):
+        if not isinstance(cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
+        if cuda_graphs and model.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, got {model.device}")
+        compile_kwargs = compile_options(compile)
+        if (compile_kwargs is not None or cuda_graphs) and config.dynamic and config.strategy == "yarn":
+            raise ValueError("compile / cuda_graphs need a fixed softmax scale, but YaRN with dynamic=True changes it "
+                             "every chunk: use dynamic=False or another strategy")
+        self.model, self.config = model, config
+        self.batch, self.grid_h, self.grid_w = batch, grid_h, grid_w
+        dev = model.device
+        self.cache = model.new_cache(batch, grid_h, grid_w, config.sink_frames, config.window_frames)
+        self.n_frames = config.chunk_frames
+        self.first_frame = torch.zeros((), dtype=torch.int64, device=dev)
+        self.position_shift = torch.zeros((), dtype=torch.int64, device=dev)
+        self.frame_range = torch.arange(self.n_frames, device=dev)
+        self.rows, self.cols = torch.arange(grid_h, device=dev), torch.arange(grid_w, device=dev)
+        ct, ch, cw = axis_planes(model.head_dim)
+        self.thetas_t = torch.zeros(ct, dtype=torch.float64, device=dev)
+        self.thetas_h = torch.zeros(ch, dtype=torch.float64, device=dev)
+        self.thetas_w = torch.zeros(cw, dtype=torch.float64, device=dev)
+        self.text: TextCache | None = None
+        self.kernels = resolve_pass_kernels(backend, dev, model.param_dtype, model.head_dim, config.rotate_on_load)
+        self._rope: Rope3D | None = None
+        self._resident, self._scale = 0, model.head_dim ** -0.5
+        self._fn = self._pass
+        if compile_kwargs is not None:
+            # Compiled variants are cached per code object, so every ChunkStep of a process
+            # (each shape, each pipeline) shares _pass's budget: make room for a few dozen.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self._fn = torch.compile(self._pass, fullgraph=True, dynamic=False, **compile_kwargs)
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict = {}
+        self._pool = None
+        self._x = self._t = None
+
+    def matches(self, batch: int, grid_h: int, grid_w: int) -> bool:
+        return (self.batch, self.grid_h, self.grid_w) == (batch, grid_h, grid_w)
+
+    @property
+    def graph_count(self) -> int:
+        """CUDA graphs captured so far (one per resident prefix and scale)."""
+        return len(self._graphs)
+
+    # ------------------------------------------------------------ host side, between passes
+
+    def begin_stream(self, text: TextCache) -> None:
+        """Empty the ring and copy the prompt's cross-attention K/V into the static buffers."""
+        if text.batch != self.batch or len(text) != self.model.num_layers:
+            raise ValueError(f"text was encoded for batch {text.batch}, but this step runs batch {self.batch}")
+        same = self.text is not None and all(
+            a.shape == b.shape and a.dtype == b.dtype for (a, _), (b, _) in zip(self.text.kv, text.kv))
+        if not same:
+            if self._graphs:  # captured graphs read the old buffers
+                self._graphs.clear()
+            self.text = TextCache([(k.clone(), v.clone()) for k, v in text.kv], text.batch)
+        else:
+            for (sk, sv), (k, v) in zip(self.text.kv, text.kv):
+                sk.copy_(k)
+                sv.copy_(v)
+        self.cache.reset()
+
+    def set_chunk(self, first_frame: int, rope: Rope3D, position_shift: int = 0, scale: float | None = None) -> None:
+        """Point the buffers at chunk [first_frame, +chunk_frames) with positions from ``rope``."""
+        self.cache.layers[0].check_chunk(first_frame, self.n_frames)
+        if not isinstance(position_shift, int) or not 0 <= position_shift <= first_frame:
+            raise ValueError(f"position_shift must be an int in [0, first_frame={first_frame}], got {position_shift!r}")
+        if position_shift and not self.config.rotate_on_load:
+            raise ValueError("position_shift > 0 needs rotate-on-load (a dynamic or window-position FlexConfig)")
+        self.first_frame.fill_(first_frame)  # a fill kernel: no host-to-device copy
+        self.position_shift.fill_(position_shift)
+        if rope is not self._rope:  # new S: a small copy, once per stream unless S is dynamic
+            self.thetas_t.copy_(rope.thetas_t)
+            self.thetas_h.copy_(rope.thetas_h)
+            self.thetas_w.copy_(rope.thetas_w)
+            self._rope = rope
+        end = first_frame + self.n_frames
+        for layer in self.cache.layers:
+            layer.frames_written = max(layer.frames_written, end)
+        self._resident = self.cache.layers[0].resident_prefix_tokens()
+        self._scale = self.model.head_dim ** -0.5 if scale is None else float(scale)
+
+    # ------------------------------------------------------------ the pass
+
+    def tables(self, scale: float) -> ChunkRope:
+        """The chunk's RoPE tables, computed on the device from the buffers."""
+        cfg, dt = self.config, self.model.table_dtype
+        frames = self.first_frame + self.frame_range
+        key_ft = None
+        if cfg.rotate_on_load:
+            slots = frame_slots(frames, cfg.sink_frames, cfg.window_frames)
+            after = self.cache.slot_frame.clone().index_copy_(0, slots, frames)
+            pos = torch.where(after < cfg.sink_frames, after, after - self.position_shift).clamp_min(0)
+            key_ft = cos_sin(pos, self.thetas_t, dt)  # empty slots (-1) are masked; any row will do
+        return ChunkRope(cos_sin(frames - self.position_shift, self.thetas_t, dt), cos_sin(self.rows, self.thetas_h, dt),
+                         cos_sin(self.cols, self.thetas_w, dt), key_ft, scale)
+
+    def _pass(self, x: torch.Tensor, t: torch.Tensor, resident_tokens: int, scale: float) -> torch.Tensor:
+        cfg = self.config
+        frames = self.first_frame + self.frame_range
+        slots = frame_slots(frames, cfg.sink_frames, cfg.window_frames)
+        rope = self.tables(scale)
+        return self.model.chunk_pass(x, t, self.text, self.cache, slots, frames, rope, resident_tokens, self.kernels)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.text is None:
+            raise RuntimeError("call begin_stream(text) before running passes")
+        if not self.cuda_graphs:
+            return self._fn(x, t, self._resident, self._scale)
+        return self._graph_pass(x, t)
+
+    def _graph_pass(self, x, t):
+        key = (self._resident, self._scale)
+        if self._x is None or self._x.shape != x.shape or self._t.shape != t.shape:
+            self._x, self._t = torch.empty_like(x), torch.empty_like(t)
+            self._graphs.clear()
+        self._x.copy_(x)
+        self._t.copy_(t)
+        entry = self._graphs.get(key)
+        if entry is None:
+            # Warm-up on a side stream (allocator, autotuning, compilation): a real pass.
+            main = torch.cuda.current_stream(x.device)
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                out = self._fn(self._x, self._t, *key)
+            main.wait_stream(side)
+            out = out.clone()
+            # Capture only records kernels; the cache already holds what this pass writes.
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                static_out = self._fn(self._x, self._t, *key)
+            # One pool for all graphs: they never run concurrently and outputs are cloned.
+            self._pool = graph.pool()
+            self._graphs[key] = (graph, static_out)
+            return out
+        graph, static_out = entry
+        graph.replay()
+        return static_out.clone()
+
+
+__all__ = ["COMPILE_MODES", "ChunkStep", "compile_options"]

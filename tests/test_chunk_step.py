@@ -1,0 +1,163 @@
+"""Fixed-buffer chunk passes (flex.chunk_step): device tables, torch.compile, CUDA graphs.
+
+The eager pipeline path is the reference: the fixed-buffer pass must generate the same
+latents (bit for bit when traced without inductor), trace with no graph break, and compile
+a bounded number of variants however long the stream is.
+"""
+import pytest
+import torch
+
+from flex.chunk_step import ChunkStep, compile_options
+from flex.config import FlexConfig
+from flex.models import CausalWanModel
+from flex.models.wan import chunk_rope
+from flex.pipeline import Pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HW = (4, 6)  # 2 x 3 tokens per frame
+CONFIGS = {
+    "flex, sink 3 + window 9": FlexConfig(sink_frames=3, window_frames=9),
+    "dynamic S (rotate-on-load)": FlexConfig(sink_frames=3, window_frames=6, dynamic=True),
+    "window positions": FlexConfig(sink_frames=3, window_frames=6, position_policy="window"),
+    "ntk, no sink": FlexConfig(strategy="ntk", sink_frames=0, window_frames=6, rho=0.0),
+}
+
+
+def tiny(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return CausalWanModel("tiny").to(dtype).eval()
+
+
+def text_emb(seed=1, dtype=torch.float32):
+    return torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def generate(pipe, frames, seed=3, text_seed=1):
+    text = text_emb(text_seed, pipe.model.param_dtype)
+    return pipe.generate(text, frames, HW, generator=torch.Generator(pipe.model.device).manual_seed(seed))
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the traced graph as is and counts compilations."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_device_tables_equal_host_tables(name):
+    cfg = CONFIGS[name]
+    model = tiny()
+    pipe = Pipeline(model, cfg)
+    step = ChunkStep(model, 1, 2, 3, cfg)
+    step.begin_stream(model.encode_text(text_emb()))
+    n, total = cfg.chunk_frames, 60
+    for f0 in range(0, total, n):
+        rope, shift, scale = pipe.chunk_positions(f0, n, total)
+        step.set_chunk(f0, rope, shift, scale)
+        host = chunk_rope(rope, step.cache, f0, n, rotate_on_load=cfg.rotate_on_load, position_shift=shift,
+                          scale=scale, dtype=model.table_dtype)
+        device = step.tables(scale)
+        for field in ("freqs_t", "freqs_h", "freqs_w", "key_freqs_t"):
+            a, b = getattr(device, field), getattr(host, field)
+            assert (a is None) == (b is None), field
+            if a is not None:
+                assert torch.equal(a, b), f"{field} differs at frame {f0}"
+        for layer in step.cache.layers:  # what the chunk's passes record
+            layer.mark_written(f0, n, layer.slots(f0, n))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_traced_stream_is_bit_identical_and_compiles_a_bounded_number_of_times(name):
+    cfg = CONFIGS[name]
+    model = tiny()
+    frames = 20 * cfg.chunk_frames  # far past the ring: eviction and wrap-around
+    with torch.no_grad():
+        ref = generate(Pipeline(model, cfg), frames)
+    counter = CountingBackend()
+    pipe = Pipeline(model, cfg, compile=counter)  # dynamo traces the pass whole (fullgraph=True)
+    with torch.no_grad():
+        out = generate(pipe, frames)
+    assert torch.equal(out, ref)
+    # One variant per resident-prefix size while the ring fills, at most; none once it is full.
+    ring_chunks = -(-(cfg.sink_frames + cfg.window_frames) // cfg.chunk_frames)
+    assert 1 <= counter.graphs <= ring_chunks + 1
+    compiled = counter.graphs
+    with torch.no_grad():  # a second stream, another prompt: same step, same compiled code
+        out2 = generate(pipe, frames, seed=4, text_seed=5)
+        ref2 = generate(Pipeline(model, cfg), frames, seed=4, text_seed=5)
+    assert torch.equal(out2, ref2)
+    assert counter.graphs == compiled
+
+
+@pytest.mark.parametrize("mode", [True, "frozen"])
+def test_inductor_stream_matches_eager(mode):
+    cfg = CONFIGS["flex, sink 3 + window 9"]
+    model = tiny()
+    frames = 8 * cfg.chunk_frames
+    with torch.no_grad():
+        ref = generate(Pipeline(model, cfg), frames)
+        out = generate(Pipeline(model, cfg, compile=mode), frames)
+    assert torch.isfinite(out).all()
+    rel = ((out - ref).abs().max() / ref.abs().max()).item()
+    assert rel < 1e-4, rel
+
+
+def test_step_reused_for_the_same_shape_and_rebuilt_for_another():
+    model = tiny()
+    pipe = Pipeline(model, CONFIGS["flex, sink 3 + window 9"], compile="eager")
+    with torch.no_grad():
+        generate(pipe, 6)
+        first = pipe.step
+        generate(pipe, 9)
+        assert pipe.step is first and pipe.cache is first.cache
+        pipe.generate(text_emb(), 6, (2, 4))
+    assert pipe.step is not first and pipe.step.matches(1, 1, 2)
+
+
+def test_bad_options_are_named():
+    model = tiny()
+    cfg = CONFIGS["flex, sink 3 + window 9"]
+    with pytest.raises(ValueError, match="compile"):
+        Pipeline(model, cfg, compile=3)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        Pipeline(model, cfg, cuda_graphs="yes")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda_graphs=True needs the model on a CUDA device"):
+            Pipeline(model, cfg, cuda_graphs=True)
+    yarn = FlexConfig(strategy="yarn", dynamic=True, sink_frames=3, window_frames=6)
+    with pytest.raises(ValueError, match="YaRN with dynamic=True"):
+        ChunkStep(model, 1, 2, 3, yarn, compile=True)
+    step = ChunkStep(model, 1, 2, 3, cfg)
+    with pytest.raises(RuntimeError, match="begin_stream"):
+        step(torch.zeros(1, 3, 16, *HW), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="position_shift"):
+        step.set_chunk(3, model.default_rope(), position_shift=1)
+    with pytest.raises(ValueError, match="first_frame"):
+        step.set_chunk(-3, model.default_rope())
+    assert compile_options(False) is None and compile_options("aot_eager") == {"backend": "aot_eager"}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("name", ["flex, sink 3 + window 9", "dynamic S (rotate-on-load)"])
+def test_cuda_graph_stream_matches_eager(compile, name):
+    cfg = CONFIGS[name]
+    model = tiny().cuda()
+    frames = 12 * cfg.chunk_frames
+    with torch.no_grad():
+        ref = generate(Pipeline(model, cfg), frames)
+        pipe = Pipeline(model, cfg, compile=compile, cuda_graphs=True)
+        out = generate(pipe, frames)
+        out2 = generate(pipe, frames)  # replays only
+    ring_chunks = -(-(cfg.sink_frames + cfg.window_frames) // cfg.chunk_frames)
+    assert 1 <= pipe.step.graph_count <= ring_chunks + 1
+    for o in (out, out2):
+        rel = ((o - ref).abs().max() / ref.abs().max()).item()
+        assert rel < (1e-4 if compile else 1e-6), rel
