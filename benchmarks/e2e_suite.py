@@ -118,8 +118,38 @@ def decode_fps(latents: torch.Tensor, device, dtype, quick: bool) -> float | str
     return n / (time.perf_counter() - start)
 
 
-def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True) -> list[dict]:
+def fastest_options(device: torch.device) -> tuple[str, dict]:
+    """The FLEX path's fastest Pipeline options on this device, and their label."""
+    if device.type == "cuda":
+        return "compile + CUDA graphs", dict(compile=True, cuda_graphs=True)
+    return "compile, frozen weights", dict(compile="frozen")
+
+
+def option_variants(device: torch.device) -> dict[str, dict]:
+    """Pipeline options whose effect is reported separately (FLEX on, one horizon)."""
+    variants = {"eager": {}, "compile": dict(compile=True)}
+    if device.type == "cuda":
+        variants["CUDA graphs"] = dict(cuda_graphs=True)
+    label, fastest = fastest_options(device)
+    variants[label] = fastest
+    return variants
+
+
+def warm_up(pipe: Pipeline, text, latent, device) -> float:
+    """Seconds of a short stream that fills the ring: compiles / captures every pass variant."""
+    frames = CHUNK * (-(-(SINK + WINDOW) // CHUNK) + 1)
+    return run_stream(pipe, text, frames, latent, device)
+
+
+def _error(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}"[:400]
+
+
+def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True,
+        horizons: tuple[int, ...] | None = None) -> dict:
+    """{"rows": the path x horizon matrix, "options": compile / CUDA-graph variants, "notes": ...}."""
     s = setup(device, quick)
+    horizons = tuple(horizons or s["horizons"])
     torch.manual_seed(0)
     with torch.device(device):
         model = CausalWanModel(s["model"]).to(dtype).eval()
@@ -129,45 +159,86 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
         text_cache = model.encode_text(text)  # excluded from timing
     flex_on = FlexConfig(sink_frames=SINK, window_frames=WINDOW, chunk_frames=CHUNK)
     flex_off = FlexConfig.off(window_frames=WINDOW, chunk_frames=CHUNK).replace(sink_frames=SINK)
+    fast_label, fast = fastest_options(device)
+    variants = {label: (Pipeline(model, flex_on, **opts) if opts else None)
+                for label, opts in option_variants(device).items()}
     paths = {
         "upstream-style, FLEX off": Pipeline(upstream, flex_off),
         "FLEX path, FLEX off": Pipeline(model, flex_off),
         "FLEX path, FLEX on": Pipeline(model, flex_on),
+        f"FLEX path, FLEX on, {fast_label}": variants[fast_label],
     }
-    rows = []
-    # Warm-up (kernel selection, allocator) on one chunk per path.
-    for pipe in paths.values():
-        run_stream(pipe, text_cache, CHUNK, s["latent"], device)
-    bar = tqdm(total=sum(latent_frames(h) for h in s["horizons"]) * len(paths), unit="frame", desc="end to end",
+    variants["eager"] = paths["FLEX path, FLEX on"]
+    # Warm-up (kernel selection, allocator, compilation, graph capture) outside the timings.
+    warm, failed = {}, {}
+    for name, pipe in {**paths, **{f"option {k}": v for k, v in variants.items()}}.items():
+        if id(pipe) in warm or id(pipe) in failed:
+            continue
+        try:
+            warm[id(pipe)] = warm_up(pipe, text_cache, s["latent"], device)
+        except Exception as err:  # noqa: BLE001 -- an option failing must not lose the other numbers
+            failed[id(pipe)] = _error(err)
+    rows, options = [], []
+    model_desc = f"dim {s['model'].dim}, {s['model'].num_layers} layers, {s['model'].num_heads}x{s['model'].head_dim}"
+    bar = tqdm(total=sum(latent_frames(h) for h in horizons) * len(paths), unit="frame", desc="end to end",
                leave=False)
-    for seconds in s["horizons"]:
+    for seconds in horizons:
         frames = latent_frames(seconds)
         base = None
         for name, pipe in paths.items():
             bar.set_postfix_str(f"{seconds} s, {name}")
+            row = dict(path=name, seconds_of_video=seconds, latent_frames=frames, video_frames=4 * frames - 3,
+                       model=model_desc, latent_size=list(s["latent"]), sink_frames=SINK, window_frames=WINDOW)
             if name.startswith("upstream") and frames > MAX_POSITIONS:
                 bar.update(frames)
                 continue  # upstream's 1024-position RoPE table cannot go there
-            with PeakMemory(device) as mem:
-                sec = run_stream(pipe, text_cache, frames, s["latent"], device)
+            if id(pipe) in failed:
+                rows.append(dict(row, error=failed[id(pipe)]))
+                bar.update(frames)
+                continue
+            try:
+                with PeakMemory(device) as mem:
+                    sec = run_stream(pipe, text_cache, frames, s["latent"], device)
+            except Exception as err:  # noqa: BLE001
+                rows.append(dict(row, error=_error(err)))
+                bar.update(frames)
+                continue
             bar.update(frames)
             base = sec if base is None else base
-            rows.append(dict(
-                path=name, seconds_of_video=seconds, latent_frames=frames, video_frames=4 * frames - 3,
-                latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
-                peak_memory_mb=mem.mb, speedup_vs_upstream=base / sec,
-                model=f"dim {s['model'].dim}, {s['model'].num_layers} layers, {s['model'].num_heads}x{s['model'].head_dim}",
-                latent_size=list(s["latent"]), sink_frames=SINK, window_frames=WINDOW,
-            ))
+            rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
+                             peak_memory_mb=mem.mb, speedup_vs_upstream=base / sec, warmup_seconds=warm[id(pipe)]))
     bar.close()
+
+    # Compile / CUDA-graph options of the FLEX path, one horizon, ratios against eager.
+    seconds = horizons[1] if len(horizons) > 1 else horizons[0]
+    frames = latent_frames(seconds)
+    eager = None
+    for label, pipe in variants.items():
+        row = dict(option=label, seconds_of_video=seconds, latent_frames=frames)
+        if id(pipe) in failed:
+            options.append(dict(row, error=failed[id(pipe)]))
+            continue
+        try:
+            sec = run_stream(pipe, text_cache, frames, s["latent"], device)
+        except Exception as err:  # noqa: BLE001
+            options.append(dict(row, error=_error(err)))
+            continue
+        eager = sec if label == "eager" else eager
+        options.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec,
+                            warmup_seconds=warm[id(pipe)], speedup_vs_eager=None if eager is None else eager / sec))
+    notes = ["text encoding excluded: the prompt's cross-attention K/V are computed before timing",
+             "warm-up (compilation, CUDA-graph capture) is excluded from FPS and reported as warmup_seconds",
+             "upstream-style path runs eagerly, as the upstream code ships"]
     if decode:
         latents = torch.randn(1, 6 if quick else 21, 16, *s["latent"], device=device)
         fps = decode_fps(latents, device, dtype, quick)
         for r in rows:
+            if "error" in r:
+                continue
             if isinstance(fps, float):
                 r["decode_video_fps"] = fps
                 # Generation then decode, one after the other: the combined video FPS.
                 r["video_fps_with_decode"] = 1 / (1 / r["video_fps"] + 1 / fps)
             else:
                 r["decode_note"] = fps
-    return rows
+    return dict(rows=rows, options=options, notes=notes)

@@ -78,6 +78,31 @@ def rope_cases(device, dtype, quick, roof_gbps, repeats):
     return rows
 
 
+def flex_attention_call(q, ring: RingKVCache, scale=None):
+    """torch's flex_attention (compiled) over the whole ring with the per-slot frame mask.
+
+    Returns a no-argument callable, or the reason it cannot run here.
+    """
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError as err:
+        return f"torch.nn.attention.flex_attention not importable: {err}"
+    slot_frame, tpf = ring.slot_frame, ring.tokens_per_frame
+
+    def resident(b, h, q_idx, kv_idx):
+        return slot_frame[kv_idx // tpf] >= 0
+
+    try:
+        mask = create_block_mask(resident, None, None, q.shape[1], ring.k.shape[1], device=q.device)
+        attend = torch.compile(flex_attention, dynamic=False)
+        qt, kt, vt = q.transpose(1, 2), ring.k.transpose(1, 2), ring.v.transpose(1, 2)
+        call = lambda: attend(qt, kt, vt, block_mask=mask, scale=scale).transpose(1, 2)  # noqa: E731
+        call()  # compile now, outside the timing
+    except Exception as err:  # noqa: BLE001 -- a missing compiler must not stop the other rows
+        return f"flex_attention failed: {type(err).__name__}: {err}"[:300]
+    return call
+
+
 def attention_cases(device, dtype, quick, roof_tflops, repeats):
     """A chunk's queries over a full ring (sink 3 + window 9), plain and rotate-on-load."""
     s = shapes(device, quick)
@@ -107,6 +132,13 @@ def attention_cases(device, dtype, quick, roof_tflops, repeats):
         fn = lambda: ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, first, resident_tokens=prefix, backend=name)
         sec = measure(fn, device, repeats=repeats)
         rows.append(_row("ring_attention", name, sec, shape, dtype, flops, "TFLOP/s", roof_tflops, base))
+    fn = flex_attention_call(q, ring)
+    if callable(fn):
+        sec = measure(fn, device, repeats=repeats)
+        rows.append(_row("ring_attention", "torch flex_attention (compiled, slot mask)", sec, shape, dtype, flops,
+                         "TFLOP/s", roof_tflops, base))
+    else:
+        print(f"note: no flex_attention row: {fn}")
 
     # Rotate-on-load: keys cached without temporal rotation, positions re-indexed per chunk.
     rope = Rope3D.for_wan(d, "flex", length=480)

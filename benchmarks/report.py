@@ -33,13 +33,34 @@ def ops_table(rows: list[dict]) -> list[list[str]]:
     return table
 
 
+def _ok(r: dict) -> bool:
+    return "error" not in r
+
+
 def e2e_table(rows: list[dict]) -> list[list[str]]:
     table = [["horizon", "path", "latent FPS", "video FPS", "decode FPS", "peak mem", "vs upstream"]]
     for r in rows:
+        if not _ok(r):
+            table.append([f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"],
+                          "failed: " + r["error"], "", "", "", ""])
+            continue
         table.append([
             f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"], f"{r['latent_fps']:.2f}",
             f"{r['video_fps']:.2f}", "-" if r.get("decode_video_fps") is None else f"{r['decode_video_fps']:.2f}",
             f"{r['peak_memory_mb']:.0f} MB", "-" if r.get("speedup_vs_upstream") is None else f"{r['speedup_vs_upstream']:.2f}x",
+        ])
+    return table
+
+
+def options_table(rows: list[dict]) -> list[list[str]]:
+    table = [["option (FLEX on)", "horizon", "latent FPS", "video FPS", "warm-up", "vs eager"]]
+    for r in rows:
+        if not _ok(r):
+            table.append([r["option"], f"{r['seconds_of_video']} s", "failed: " + r["error"], "", "", ""])
+            continue
+        table.append([
+            r["option"], f"{r['seconds_of_video']} s", f"{r['latent_fps']:.2f}", f"{r['video_fps']:.2f}",
+            f"{r['warmup_seconds']:.1f} s", "-" if r.get("speedup_vs_eager") is None else f"{r['speedup_vs_eager']:.2f}x",
         ])
     return table
 
@@ -72,6 +93,8 @@ def console_table(results: dict) -> str:
         parts.append(_text(ops_table(results["ops"])))
     if results["e2e"]:
         parts.append(_text(e2e_table(results["e2e"])))
+    if results.get("e2e_options"):
+        parts.append(_text(options_table(results["e2e_options"])))
     return "\n\n".join(parts)
 
 
@@ -84,6 +107,12 @@ def markdown(results: dict) -> str:
                   "Text encoding is excluded; VAE decode is timed separately (decode FPS: pixel frames per second of "
                   "chunk-by-chunk Wan VAE decode). Peak memory: the CUDA allocator's peak on a GPU, the process "
                   "RSS on a CPU."]
+    if results.get("e2e_options"):
+        parts += ["## Compile and CUDA-graph options of the FLEX path", _markdown(options_table(results["e2e_options"])),
+                  "Warm-up: the seconds of a short first stream that compiles / captures every pass variant; "
+                  "it is excluded from the FPS."]
+    if results.get("e2e_notes"):
+        parts += ["\n".join(f"- {n}" for n in results["e2e_notes"])]
     return "\n\n".join(parts) + "\n"
 
 
@@ -107,8 +136,9 @@ def plots(results: dict, out: Path) -> list[str]:
         for key, label, name in (("video_fps", "video FPS", "fps_vs_horizon.png"),
                                  ("peak_memory_mb", "peak memory (MB)", "memory_vs_horizon.png")):
             fig, ax = plt.subplots(figsize=(6, 4))
-            for path in sorted({r["path"] for r in results["e2e"]}):
-                pts = sorted((r["seconds_of_video"], r[key]) for r in results["e2e"] if r["path"] == path)
+            ok = [r for r in results["e2e"] if _ok(r)]
+            for path in sorted({r["path"] for r in ok}):
+                pts = sorted((r["seconds_of_video"], r[key]) for r in ok if r["path"] == path)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=path)
             ax.set_xlabel("horizon (s of video)")
             ax.set_ylabel(label)
@@ -135,9 +165,9 @@ def compare(new: dict, old: dict) -> str:
     for r in new["ops"]:
         if key(r) in old_ops:
             lines.append(f"  {r['op']:<32} {r['impl']:<45} {old_ops[key(r)]['seconds'] / r['seconds']:.2f}x")
-    old_e2e = {(r["path"], r["latent_frames"]): r for r in old.get("e2e", [])}
+    old_e2e = {(r["path"], r["latent_frames"]): r for r in old.get("e2e", []) if _ok(r)}
     for r in new["e2e"]:
         o = old_e2e.get((r["path"], r["latent_frames"]))
-        if o:
+        if o and _ok(r):
             lines.append(f"  e2e {r['latent_frames']} frames {r['path']:<40} {r['latent_fps'] / o['latent_fps']:.2f}x")
     return "\n".join(lines)

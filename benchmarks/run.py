@@ -26,7 +26,7 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks import ops_suite, report, timing  # noqa: E402
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def machine_info(device: torch.device) -> dict:
@@ -73,11 +73,38 @@ def parse_args(argv=None):
     p.add_argument("--suite", choices=("ops", "e2e", "all"), default="all", help="what to measure (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if present)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                   help="default: bf16 on a GPU and on a CPU with native bf16 (AMX / AVX512-BF16), else fp32")
+    p.add_argument("--horizons", type=_horizons, default=None, metavar="S,S,...",
+                   help="end-to-end horizons in seconds of video (default: 5,30,60,240)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="results folder")
     p.add_argument("--compare", default=None, metavar="RESULTS.json", help="print ratios against a previous run")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median is reported)")
     return p.parse_args(argv)
+
+
+def _horizons(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--horizons must be comma-separated whole seconds, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"--horizons must be positive whole seconds, got {text!r}")
+    return values
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16), from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_dtype(device: torch.device) -> str:
+    """bf16 where the hardware runs it natively (what Self Forcing uses), else fp32."""
+    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
 def main(argv=None) -> dict:
@@ -86,7 +113,7 @@ def main(argv=None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+        args.dtype or default_dtype(device)]
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         print("note: TRITON_INTERPRET=1 runs Triton kernels through the CPU interpreter: a correctness path, not a speed")
     repeats = args.repeats or (3 if args.quick else 10)
@@ -96,7 +123,7 @@ def main(argv=None) -> dict:
 
     results = dict(schema=SCHEMA_VERSION, machine=machine_info(device), dtype=str(dtype).replace("torch.", ""),
                    quick=args.quick, command=reproduce_command(argv if argv is not None else sys.argv[1:]),
-                   roofline={}, ops=[], e2e=[])
+                   roofline={}, ops=[], e2e=[], e2e_options=[], e2e_notes=[])
     steps = []
     if args.suite in ("ops", "all"):
         steps += ["roofline", "rope", "attention"]
@@ -116,7 +143,8 @@ def main(argv=None) -> dict:
                 results["ops"] += ops_suite.attention_cases(device, dtype, args.quick, results["roofline"]["matmul_tflops"], repeats)
             elif step == "e2e":
                 from benchmarks import e2e_suite
-                results["e2e"] = e2e_suite.run(device, dtype, args.quick, repeats)
+                e2e = e2e_suite.run(device, dtype, args.quick, repeats, horizons=args.horizons)
+                results.update(e2e=e2e["rows"], e2e_options=e2e["options"], e2e_notes=e2e["notes"])
 
     report.write_all(results, out)
     print(report.console_table(results))

@@ -68,3 +68,8 @@ def test_ring_attention_over_a_wrapped_ring(backend, rotate):
 def test_auto_prefers_compiled_kernels_on_cpu():
     if "cpp" in ops.available_backends():
         assert ops.resolve_backend("rope3d", "auto", torch.device("cpu")).__name__.endswith(".cpp")
+        # Unmasked ring attention goes to SDPA; anything with a mask to the C++ kernel.
+        unmasked = dict(chunk_frames=0, key_freqs_t=None, resident_tokens=12, return_lse=False)
+        assert ops.resolve_backend("ring_attention", "auto", torch.device("cpu"), **unmasked).__name__.endswith(".sdpa")
+        for masked in (dict(unmasked, chunk_frames=3), dict(unmasked, key_freqs_t=True), dict(unmasked, return_lse=True)):
+            assert ops.resolve_backend("ring_attention", "auto", torch.device("cpu"), **masked).__name__.endswith(".cpp")

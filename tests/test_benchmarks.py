@@ -48,10 +48,26 @@ def test_every_op_row_has_numbers(quick_results):
 
 def test_every_e2e_row_has_numbers(quick_results):
     results, _ = quick_results
+    paths = {r["path"] for r in results["e2e"]}
+    assert {"upstream-style, FLEX off", "FLEX path, FLEX off", "FLEX path, FLEX on"} < paths
+    assert any(p.startswith("FLEX path, FLEX on, compile") for p in paths)
     for r in results["e2e"]:
-        for key in ("latent_fps", "video_fps", "peak_memory_mb"):
+        assert "error" not in r, r
+        for key in ("latent_fps", "video_fps", "peak_memory_mb", "warmup_seconds"):
             assert _is_number(r[key]), (key, r)
         assert r["video_frames"] == 4 * r["latent_frames"] - 3
+
+
+def test_every_option_row_has_numbers(quick_results):
+    results, _ = quick_results
+    options = {r["option"]: r for r in results["e2e_options"]}
+    assert {"eager", "compile"} <= set(options)
+    for r in options.values():
+        assert "error" not in r, r
+        for key in ("latent_fps", "video_fps", "warmup_seconds", "speedup_vs_eager"):
+            assert _is_number(r[key]), (key, r)
+    assert options["eager"]["speedup_vs_eager"] == 1.0
+    assert any("text encoding excluded" in n for n in results["e2e_notes"])
 
 
 def test_compare_prints_ratios(quick_results):

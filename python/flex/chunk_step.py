@@ -12,12 +12,16 @@ device buffers that are refilled in place between chunks,
 and derives the frame indices, ring slots and RoPE tables on the device inside the pass.
 A pass is then the same sequence of kernels over the same addresses every chunk:
 
-* ``compile`` (True, "frozen", or a torch.compile backend): torch.compile traces it with ``fullgraph=True`` (no graph break, no host
-  read) once per (resident ring prefix, softmax scale). The resident prefix only grows
-  while the ring fills, so a stream compiles (sink + window) / chunk + 1 variants at most;
-  the scale would change every chunk with YaRN and ``dynamic=True``, which is refused.
-* ``cuda_graphs``: each variant is captured once in a CUDA graph (after a warm-up pass that
-  does the real work) and replayed; inputs are copied into static buffers, outputs cloned.
+* ``compile`` (True, "frozen", or a torch.compile backend): torch.compile traces it with
+  ``fullgraph=True`` (no graph break, no host read);
+* ``cuda_graphs``: it is captured once in a CUDA graph (after a warm-up pass that does the
+  real work) and replayed; inputs are copied into static buffers, outputs cloned.
+
+Both apply once the ring is full. Until then the resident prefix grows every chunk (and
+the unmasked attention backends slice it), so those first (sink + window) / chunk chunks
+run the same pass eagerly; from then on one compiled variant / one graph serves every chunk
+of every stream. (The softmax scale is part of the variant: with YaRN it follows the
+video length; YaRN with ``dynamic=True`` would change it every chunk and is refused.)
 """
 from __future__ import annotations
 
@@ -117,8 +121,13 @@ class ChunkStep:
 
     @property
     def graph_count(self) -> int:
-        """CUDA graphs captured so far (one per resident prefix and scale)."""
+        """CUDA graphs captured so far (one per softmax scale)."""
         return len(self._graphs)
+
+    @property
+    def ring_full(self) -> bool:
+        """Whether the current chunk sees a full ring (the compiled / captured regime)."""
+        return self._resident == self.cache.n_slots * self.cache.tokens_per_frame
 
     # ------------------------------------------------------------ host side, between passes
 
@@ -183,6 +192,8 @@ class ChunkStep:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.text is None:
             raise RuntimeError("call begin_stream(text) before running passes")
+        if not self.ring_full:
+            return self._pass(x, t, self._resident, self._scale)
         if not self.cuda_graphs:
             return self._fn(x, t, self._resident, self._scale)
         return self._graph_pass(x, t)
