@@ -69,6 +69,16 @@ def test_no_flex_and_other_switches(assets, tmp_path):
     assert read_video(out).shape[0] == 21
 
 
+def test_compiled_generation_equals_eager(assets, tmp_path):
+    """--compile frozen on the tiny checkpoint: the same video as the eager run, to rounding."""
+    eager, compiled = tmp_path / "eager.mp4", tmp_path / "compiled.mp4"
+    args = ("--prompt", "a fox in the snow", "--frames", "21", "--sink-frames", "3", "--window-frames", "6")
+    assert _run(assets, *args, "--out", str(eager)) == 0
+    assert _run(assets, *args, "--out", str(compiled), "--compile", "frozen") == 0
+    a, b = read_video(eager).astype(int), read_video(compiled).astype(int)
+    assert a.shape == b.shape and abs(a - b).mean() < 1.0  # H.264 of nearly equal latents
+
+
 def test_flex_config_from_flags():
     def cfg(*argv):
         argv = ["generate", "--dit", "x", "--wan-dir", "y", "--prompt", "p", *argv]
@@ -136,6 +146,8 @@ def test_empty_prompt_file(assets, tmp_path, capsys, no_model_loading):
     (["--denoising-steps", "1000,x"], "--denoising-steps"),
     (["--lora", "/nonexistent/lora.pt"], "lora.pt"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--crf", "99"], ""),
+    (["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),  # SMALL runs on the CPU
+    (["--compile", "on", "--rope", "yarn", "--dynamic"], "--compile needs a fixed softmax scale"),
 ])
 def test_bad_arguments(assets, tmp_path, capsys, no_model_loading, args, message):
     assert _run(assets, "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), *args) == 2
