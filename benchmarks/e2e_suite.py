@@ -12,7 +12,7 @@ import threading
 import time
 
 import torch
-from tqdm import tqdm
+from .progress import tqdm
 
 from flex.config import FlexConfig
 from flex.models.wan import CausalWanModel, wan_config
@@ -145,9 +145,20 @@ def _error(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"[:400]
 
 
+PATH_KEYS = ("upstream", "off", "on", "fast")  # --paths names of the four paths, in order
+
+
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True,
-        horizons: tuple[int, ...] | None = None) -> dict:
-    """{"rows": the path x horizon matrix, "options": compile / CUDA-graph variants, "notes": ...}."""
+        horizons: tuple[int, ...] | None = None, paths: tuple[str, ...] = PATH_KEYS,
+        options: bool = True) -> dict:
+    """{"rows": the path x horizon matrix, "options": compile / CUDA-graph variants, "notes": ...}.
+
+    ``paths`` picks among upstream-style / FLEX off / FLEX on / FLEX on with the fastest options;
+    ``options=False`` skips the per-option table.
+    """
+    unknown = set(paths) - set(PATH_KEYS)
+    if unknown or not paths:
+        raise ValueError(f"paths must be a non-empty subset of {PATH_KEYS}, got {paths}")
     s = setup(device, quick)
     horizons = tuple(horizons or s["horizons"])
     torch.manual_seed(0)
@@ -160,15 +171,18 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     flex_on = FlexConfig(sink_frames=SINK, window_frames=WINDOW, chunk_frames=CHUNK)
     flex_off = FlexConfig.off(window_frames=WINDOW, chunk_frames=CHUNK).replace(sink_frames=SINK)
     fast_label, fast = fastest_options(device)
-    variants = {label: (Pipeline(model, flex_on, **opts) if opts else None)
-                for label, opts in option_variants(device).items()}
-    paths = {
-        "upstream-style, FLEX off": Pipeline(upstream, flex_off),
-        "FLEX path, FLEX off": Pipeline(model, flex_off),
-        "FLEX path, FLEX on": Pipeline(model, flex_on),
-        f"FLEX path, FLEX on, {fast_label}": variants[fast_label],
+    eager_on, fast_on = Pipeline(model, flex_on), Pipeline(model, flex_on, **fast)
+    every_path = {
+        "upstream": ("upstream-style, FLEX off", Pipeline(upstream, flex_off)),
+        "off": ("FLEX path, FLEX off", Pipeline(model, flex_off)),
+        "on": ("FLEX path, FLEX on", eager_on),
+        "fast": (f"FLEX path, FLEX on, {fast_label}", fast_on),
     }
-    variants["eager"] = paths["FLEX path, FLEX on"]
+    paths = dict(every_path[k] for k in PATH_KEYS if k in paths)
+    variants = {}
+    if options:
+        for label, opts in option_variants(device).items():
+            variants[label] = eager_on if not opts else fast_on if opts == fast else Pipeline(model, flex_on, **opts)
     # Warm-up (kernel selection, allocator, compilation, graph capture) outside the timings.
     warm, failed = {}, {}
     for name, pipe in {**paths, **{f"option {k}": v for k, v in variants.items()}}.items():
@@ -178,7 +192,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
             warm[id(pipe)] = warm_up(pipe, text_cache, s["latent"], device)
         except Exception as err:  # noqa: BLE001 -- an option failing must not lose the other numbers
             failed[id(pipe)] = _error(err)
-    rows, options = [], []
+    rows, option_rows = [], []
     model_desc = f"dim {s['model'].dim}, {s['model'].num_layers} layers, {s['model'].num_heads}x{s['model'].head_dim}"
     bar = tqdm(total=sum(latent_frames(h) for h in horizons) * len(paths), unit="frame", desc="end to end",
                leave=False)
@@ -204,9 +218,10 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
                 bar.update(frames)
                 continue
             bar.update(frames)
-            base = sec if base is None else base
+            base = sec if name.startswith("upstream") else base
             rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
-                             peak_memory_mb=mem.mb, speedup_vs_upstream=base / sec, warmup_seconds=warm[id(pipe)]))
+                             peak_memory_mb=mem.mb, speedup_vs_upstream=None if base is None else base / sec,
+                             warmup_seconds=warm[id(pipe)]))
     bar.close()
 
     # Compile / CUDA-graph options of the FLEX path, one horizon, ratios against eager.
@@ -216,15 +231,15 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     for label, pipe in variants.items():
         row = dict(option=label, seconds_of_video=seconds, latent_frames=frames)
         if id(pipe) in failed:
-            options.append(dict(row, error=failed[id(pipe)]))
+            option_rows.append(dict(row, error=failed[id(pipe)]))
             continue
         try:
             sec = run_stream(pipe, text_cache, frames, s["latent"], device)
         except Exception as err:  # noqa: BLE001
-            options.append(dict(row, error=_error(err)))
+            option_rows.append(dict(row, error=_error(err)))
             continue
         eager = sec if label == "eager" else eager
-        options.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec,
+        option_rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec,
                             warmup_seconds=warm[id(pipe)], speedup_vs_eager=None if eager is None else eager / sec))
     notes = ["text encoding excluded: the prompt's cross-attention K/V are computed before timing",
              "warm-up (compilation, CUDA-graph capture) is excluded from FPS and reported as warmup_seconds",
@@ -241,4 +256,4 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
                 r["video_fps_with_decode"] = 1 / (1 / r["video_fps"] + 1 / fps)
             else:
                 r["decode_note"] = fps
-    return dict(rows=rows, options=options, notes=notes)
+    return dict(rows=rows, options=option_rows, notes=notes)

@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from benchmarks.progress import tqdm  # noqa: E402
 
 from benchmarks import ops_suite, report, timing  # noqa: E402
 
@@ -77,6 +77,10 @@ def parse_args(argv=None):
                    help="default: bf16 on a GPU and on a CPU with native bf16 (AMX / AVX512-BF16), else fp32")
     p.add_argument("--horizons", type=_horizons, default=None, metavar="S,S,...",
                    help="end-to-end horizons in seconds of video (default: 5,30,60,240)")
+    p.add_argument("--paths", type=_paths, default=None, metavar="P,P,...",
+                   help="end-to-end paths among upstream,off,on,fast (default: all four)")
+    p.add_argument("--no-options", action="store_true",
+                   help="skip the table of compile / CUDA-graph options against eager")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="results folder")
     p.add_argument("--compare", default=None, metavar="RESULTS.json", help="print ratios against a previous run")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median is reported)")
@@ -90,6 +94,14 @@ def _horizons(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--horizons must be comma-separated whole seconds, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"--horizons must be positive whole seconds, got {text!r}")
+    return values
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    from benchmarks.e2e_suite import PATH_KEYS
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values or set(values) - set(PATH_KEYS):
+        raise argparse.ArgumentTypeError(f"--paths must be a comma-separated subset of {','.join(PATH_KEYS)}, got {text!r}")
     return values
 
 
@@ -143,7 +155,8 @@ def main(argv=None) -> dict:
                 results["ops"] += ops_suite.attention_cases(device, dtype, args.quick, results["roofline"]["matmul_tflops"], repeats)
             elif step == "e2e":
                 from benchmarks import e2e_suite
-                e2e = e2e_suite.run(device, dtype, args.quick, repeats, horizons=args.horizons)
+                e2e = e2e_suite.run(device, dtype, args.quick, repeats, horizons=args.horizons,
+                                    paths=args.paths or e2e_suite.PATH_KEYS, options=not args.no_options)
                 results.update(e2e=e2e["rows"], e2e_options=e2e["options"], e2e_notes=e2e["notes"])
 
     report.write_all(results, out)
