@@ -93,6 +93,28 @@ def test_traced_stream_is_bit_identical_and_compiles_once(name):
     assert counter.graphs == compiled
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpp", "sdpa", "triton"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_every_backend_traces_whole(backend, dynamic):
+    """fullgraph tracing with each backend's kernels (Triton: interpreted on a CPU)."""
+    from flex import ops
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend not in ops.available_backends("ring_attention", device) and backend != "sdpa":
+        pytest.skip(f"{backend} is not available on {device}")
+    if backend == "sdpa" and dynamic:
+        pytest.skip("sdpa has no rotate-on-load (dynamic S needs it)")
+    cfg = FlexConfig(sink_frames=3, window_frames=3, dynamic=dynamic)
+    model = tiny().to(device)
+    counter = CountingBackend()
+    with torch.no_grad():
+        ref = Pipeline(model, cfg, backend=backend).generate(
+            text_emb().to(device), 12, (2, 4), generator=torch.Generator(device).manual_seed(1))
+        out = Pipeline(model, cfg, backend=backend, compile=counter).generate(
+            text_emb().to(device), 12, (2, 4), generator=torch.Generator(device).manual_seed(1))
+    assert counter.graphs == 1 and torch.equal(out, ref)
+
+
 @pytest.mark.parametrize("mode", [True, "frozen"])
 def test_inductor_stream_matches_eager(mode):
     cfg = CONFIGS["flex, sink 3 + window 9"]
