@@ -153,6 +153,8 @@ def test_bad_options_are_named():
     yarn = FlexConfig(strategy="yarn", dynamic=True, sink_frames=3, window_frames=6)
     with pytest.raises(ValueError, match="YaRN with dynamic=True"):
         ChunkStep(model, 1, 2, 3, yarn, compile=True)
+    with pytest.raises(ValueError, match="YaRN with dynamic=True"):
+        Pipeline(model, yarn, compile=True)  # refused at construction, before any stream
     step = ChunkStep(model, 1, 2, 3, cfg)
     with pytest.raises(RuntimeError, match="begin_stream"):
         step(torch.zeros(1, 3, 16, *HW), torch.zeros(1, 3))

@@ -147,7 +147,7 @@ def test_empty_prompt_file(assets, tmp_path, capsys, no_model_loading):
     (["--lora", "/nonexistent/lora.pt"], "lora.pt"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--crf", "99"], ""),
     (["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),  # SMALL runs on the CPU
-    (["--compile", "on", "--rope", "yarn", "--dynamic"], "--compile needs a fixed softmax scale"),
+    (["--compile", "on", "--rope", "yarn", "--dynamic"], "--compile / --cuda-graphs need a fixed softmax scale"),
 ])
 def test_bad_arguments(assets, tmp_path, capsys, no_model_loading, args, message):
     assert _run(assets, "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), *args) == 2

@@ -61,6 +61,19 @@ def compile_options(compile) -> dict | None:
                      f"got {compile!r}")
 
 
+def check_step_options(model: CausalWanModel, config: FlexConfig, compile, cuda_graphs) -> dict | None:
+    """Validate the compile / cuda_graphs options for this model and config; torch.compile kwargs."""
+    if not isinstance(cuda_graphs, bool):
+        raise ValueError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
+    if cuda_graphs and model.device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, got {model.device}")
+    compile_kwargs = compile_options(compile)
+    if (compile_kwargs is not None or cuda_graphs) and config.dynamic and config.strategy == "yarn":
+        raise ValueError("compile / cuda_graphs need a fixed softmax scale, but YaRN with dynamic=True changes it "
+                         "every chunk: use dynamic=False or another strategy")
+    return compile_kwargs
+
+
 class ChunkStep:
     """Runs model passes of ``config.chunk_frames``-frame chunks on a [grid_h x grid_w] grid.
 
@@ -80,14 +93,7 @@ class ChunkStep:
         compile: bool | str | Callable = False,
         cuda_graphs: bool = False,
     ):
-        if not isinstance(cuda_graphs, bool):
-            raise ValueError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
-        if cuda_graphs and model.device.type != "cuda":
-            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, got {model.device}")
-        compile_kwargs = compile_options(compile)
-        if (compile_kwargs is not None or cuda_graphs) and config.dynamic and config.strategy == "yarn":
-            raise ValueError("compile / cuda_graphs need a fixed softmax scale, but YaRN with dynamic=True changes it "
-                             "every chunk: use dynamic=False or another strategy")
+        compile_kwargs = check_step_options(model, config, compile, cuda_graphs)
         self.model, self.config = model, config
         self.batch, self.grid_h, self.grid_w = batch, grid_h, grid_w
         dev = model.device
@@ -228,4 +234,4 @@ class ChunkStep:
         return static_out.clone()
 
 
-__all__ = ["COMPILE_MODES", "ChunkStep", "compile_options"]
+__all__ = ["COMPILE_MODES", "ChunkStep", "check_step_options", "compile_options"]

@@ -301,10 +301,9 @@ def check_args(args, explicit: set[str]) -> dict:
     device = resolve_device(args.device)
     if args.cuda_graphs and device.type != "cuda":
         raise CliError(f"--cuda-graphs needs a CUDA device, got --device {args.device} ({device})")
-    if args.compile != "off" and cfg.dynamic and cfg.strategy == "yarn":
-        raise CliError("--compile needs a fixed softmax scale, but --rope yarn with --dynamic changes it every chunk")
-    if args.cuda_graphs and cfg.dynamic and cfg.strategy == "yarn":
-        raise CliError("--cuda-graphs needs a fixed softmax scale, but --rope yarn with --dynamic changes it every chunk")
+    if (args.compile != "off" or args.cuda_graphs) and cfg.dynamic and cfg.strategy == "yarn":
+        raise CliError("--compile / --cuda-graphs need a fixed softmax scale, but --rope yarn with --dynamic "
+                       "changes it every chunk")
     return dict(prompts=prompts, wan_dir=wan_dir, flex=cfg, frames=frames, frames_how=how,
                 outputs=output_paths(args.out, prompts), device=device, steps=steps)
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from .chunk_step import ChunkStep, compile_options
+from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
 from .models.wan import CausalWanModel, ChunkRope, TextCache, WanKVCache, _resolve_backends, chunk_rope
 from .noise import antiphase_noise
@@ -101,11 +101,7 @@ class Pipeline:
         if not 0 <= context_noise <= 1000:
             raise ValueError(f"context_noise must be in [0, 1000], got {context_noise!r}")
         _resolve_backends(backend)  # validates the name(s) now
-        compile_options(compile)  # validates compile now
-        if not isinstance(cuda_graphs, bool):
-            raise ValueError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
-        if cuda_graphs and model.device.type != "cuda":
-            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, got {model.device}")
+        check_step_options(model, config, compile, cuda_graphs)
         self.compile, self.cuda_graphs = compile, cuda_graphs
         self.step: ChunkStep | None = None  # the fixed-buffer pass, when compile or cuda_graphs
         self.model = model
