@@ -175,13 +175,17 @@ class ChunkStep:
 
     # ------------------------------------------------------------ the pass
 
-    def tables(self, scale: float) -> ChunkRope:
+    def frames_and_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chunk's frame indices and their ring slots, [n] int64 on the device."""
+        frames = self.first_frame + self.frame_range
+        return frames, frame_slots(frames, self.config.sink_frames, self.config.window_frames)
+
+    def tables(self, scale: float, frames_and_slots=None) -> ChunkRope:
         """The chunk's RoPE tables, computed on the device from the buffers."""
         cfg, dt = self.config, self.model.table_dtype
-        frames = self.first_frame + self.frame_range
+        frames, slots = frames_and_slots or self.frames_and_slots()
         key_ft = None
         if cfg.rotate_on_load:
-            slots = frame_slots(frames, cfg.sink_frames, cfg.window_frames)
             after = self.cache.slot_frame.clone().index_copy_(0, slots, frames)
             pos = torch.where(after < cfg.sink_frames, after, after - self.position_shift).clamp_min(0)
             key_ft = cos_sin(pos, self.thetas_t, dt)  # empty slots (-1) are masked; any row will do
@@ -189,10 +193,8 @@ class ChunkStep:
                          cos_sin(self.cols, self.thetas_w, dt), key_ft, scale)
 
     def _pass(self, x: torch.Tensor, t: torch.Tensor, resident_tokens: int, scale: float) -> torch.Tensor:
-        cfg = self.config
-        frames = self.first_frame + self.frame_range
-        slots = frame_slots(frames, cfg.sink_frames, cfg.window_frames)
-        rope = self.tables(scale)
+        frames, slots = self.frames_and_slots()
+        rope = self.tables(scale, (frames, slots))
         return self.model.chunk_pass(x, t, self.text, self.cache, slots, frames, rope, resident_tokens, self.kernels)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
