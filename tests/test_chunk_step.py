@@ -39,14 +39,19 @@ def generate(pipe, frames, seed=3, text_seed=1):
 
 
 class CountingBackend:
-    """A torch.compile backend that runs the traced graph as is and counts compilations."""
+    """A torch.compile backend that runs the traced graph as is; counts compilations and runs."""
 
     def __init__(self):
         self.graphs = 0
+        self.runs = 0
 
     def __call__(self, gm, example_inputs):
         self.graphs += 1
-        return gm.forward
+
+        def run(*args):
+            self.runs += 1
+            return gm.forward(*args)
+        return run
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -113,6 +118,21 @@ def test_every_backend_traces_whole(backend, dynamic):
         out = Pipeline(model, cfg, backend=backend, compile=counter).generate(
             text_emb().to(device), 12, (2, 4), generator=torch.Generator(device).manual_seed(1))
     assert counter.graphs == 1 and torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("backend, eager_chunks", [("cpp", 0), ("sdpa", 3)])
+def test_compiled_from_the_first_chunk_unless_the_backend_slices_the_ring(backend, eager_chunks):
+    """Masked kernels do not depend on the resident prefix: compiled from chunk 0. SDPA slices
+    it, so the chunks that fill the ring (sink 3 + window 9 = 4 chunks of 3) run eagerly."""
+    cfg = CONFIGS["flex, sink 3 + window 9"]
+    model = tiny()
+    counter = CountingBackend()
+    chunks = 10
+    with torch.no_grad():
+        ref = generate(Pipeline(model, cfg, backend=backend), chunks * 3)
+        out = generate(Pipeline(model, cfg, backend=backend, compile=counter), chunks * 3)
+    assert torch.equal(out, ref)
+    assert counter.graphs == 1 and counter.runs == 5 * (chunks - eager_chunks)  # 4 steps + clean pass
 
 
 @pytest.mark.parametrize("mode", [True, "frozen"])

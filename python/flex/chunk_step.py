@@ -17,11 +17,13 @@ A pass is then the same sequence of kernels over the same addresses every chunk:
 * ``cuda_graphs``: it is captured once in a CUDA graph (after a warm-up pass that does the
   real work) and replayed; inputs are copied into static buffers, outputs cloned.
 
-Both apply once the ring is full. Until then the resident prefix grows every chunk (and
-the unmasked attention backends slice it), so those first (sink + window) / chunk chunks
-run the same pass eagerly; from then on one compiled variant / one graph serves every chunk
-of every stream. (The softmax scale is part of the variant: with YaRN it follows the
-video length; YaRN with ``dynamic=True`` would change it every chunk and is refused.)
+One compiled variant / one graph serves every chunk of every stream of that shape. With
+the attention backends that slice the resident ring prefix (sdpa, flash) the pass depends on
+its size, which grows while the ring fills: there the first (sink + window) / chunk chunks
+run the same pass eagerly and compilation / capture starts once the ring is full. The masked
+kernels (cpp, triton, cuda) read the slot frames on the device and are compiled from the
+first chunk. (The softmax scale is part of the variant: with YaRN it follows the video
+length; YaRN with ``dynamic=True`` would change it every chunk and is refused.)
 """
 from __future__ import annotations
 
@@ -131,9 +133,14 @@ class ChunkStep:
         return len(self._graphs)
 
     @property
-    def ring_full(self) -> bool:
-        """Whether the current chunk sees a full ring (the compiled / captured regime)."""
-        return self._resident == self.cache.n_slots * self.cache.tokens_per_frame
+    def compiled_now(self) -> bool:
+        """Whether the current chunk runs the compiled / captured pass (see the module doc)."""
+        full = self._resident == self.cache.n_slots * self.cache.tokens_per_frame
+        return full or not self.kernels.slices_resident_prefix
+
+    def _variant(self) -> tuple:
+        """What the compiled code / a CUDA graph depends on besides the buffers."""
+        return (self._resident if self.kernels.slices_resident_prefix else None, self._scale)
 
     # ------------------------------------------------------------ host side, between passes
 
@@ -200,14 +207,14 @@ class ChunkStep:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.text is None:
             raise RuntimeError("call begin_stream(text) before running passes")
-        if not self.ring_full:
+        if not self.compiled_now:
             return self._pass(x, t, self._resident, self._scale)
         if not self.cuda_graphs:
             return self._fn(x, t, self._resident, self._scale)
         return self._graph_pass(x, t)
 
     def _graph_pass(self, x, t):
-        key = (self._resident, self._scale)
+        key = self._variant()
         if self._x is None or self._x.shape != x.shape or self._t.shape != t.shape:
             self._x, self._t = torch.empty_like(x), torch.empty_like(t)
             self._graphs.clear()
@@ -220,13 +227,13 @@ class ChunkStep:
             side = torch.cuda.Stream(x.device)
             side.wait_stream(main)
             with torch.cuda.stream(side):
-                out = self._fn(self._x, self._t, *key)
+                out = self._fn(self._x, self._t, self._resident, self._scale)
             main.wait_stream(side)
             out = out.clone()
             # Capture only records kernels; the cache already holds what this pass writes.
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                static_out = self._fn(self._x, self._t, *key)
+                static_out = self._fn(self._x, self._t, self._resident, self._scale)
             # One pool for all graphs: they never run concurrently and outputs are cloned.
             self._pool = graph.pool()
             self._graphs[key] = (graph, static_out)

@@ -2,6 +2,7 @@
 import torch
 
 DEVICES = {"cuda"}
+SLICES_RESIDENT_PREFIX = True  # attends k_cache[:, :resident_tokens]: the call depends on that int
 
 
 def available():

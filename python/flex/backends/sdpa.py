@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 DEVICES = {"cpu", "cuda"}
+SLICES_RESIDENT_PREFIX = True  # attends k_cache[:, :resident_tokens]: the call depends on that int
 
 
 def available():

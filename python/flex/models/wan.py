@@ -398,6 +398,9 @@ class PassKernels:
     norm_rope_cache_write: Callable
     ring_attention: Callable
     names: tuple[str, str]
+    # Whether ring_attention slices the resident prefix (sdpa, flash), so that its work depends
+    # on resident_tokens; the masked kernels read the slot frames on the device instead.
+    slices_resident_prefix: bool = False
 
 
 def resolve_pass_kernels(backend, device, dtype, head_dim: int, rotate_on_load: bool) -> PassKernels:
@@ -411,7 +414,8 @@ def resolve_pass_kernels(backend, device, dtype, head_dim: int, rotate_on_load: 
                              key_freqs_t=True if rotate_on_load else None, resident_tokens=0, return_lse=False,
                              dtype=dtype, head_dim=head_dim)
     short = lambda mod: mod.__name__.rsplit(".", 1)[-1]  # noqa: E731
-    return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, (short(nrc), short(ra)))
+    return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, (short(nrc), short(ra)),
+                       getattr(ra, "SLICES_RESIDENT_PREFIX", False))
 
 
 # ---------------------------------------------------------------- the model
