@@ -7,6 +7,7 @@ once however long the stream is.
 import pytest
 import torch
 
+from flex import ops
 from flex.chunk_step import ChunkStep, compile_options
 from flex.config import FlexConfig
 from flex.models import CausalWanModel
@@ -14,6 +15,9 @@ from flex.models.wan import chunk_rope
 from flex.pipeline import Pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Attention that eager and compiled passes share (auto differs between them: see the last tests).
+BACKEND = "cpp" if "cpp" in ops.available_backends("ring_attention", "cpu") else "reference"
 
 HW = (4, 6)  # 2 x 3 tokens per frame
 CONFIGS = {
@@ -83,9 +87,9 @@ def test_traced_stream_is_bit_identical_and_compiles_once(name):
     model = tiny()
     frames = 20 * cfg.chunk_frames  # far past the ring: eviction and wrap-around
     with torch.no_grad():
-        ref = generate(Pipeline(model, cfg), frames)
+        ref = generate(Pipeline(model, cfg, backend=BACKEND), frames)
     counter = CountingBackend()
-    pipe = Pipeline(model, cfg, compile=counter)  # dynamo traces the pass whole (fullgraph=True)
+    pipe = Pipeline(model, cfg, backend=BACKEND, compile=counter)  # dynamo traces the pass whole (fullgraph=True)
     with torch.no_grad():
         out = generate(pipe, frames)
     assert torch.equal(out, ref)
@@ -93,7 +97,7 @@ def test_traced_stream_is_bit_identical_and_compiles_once(name):
     compiled = counter.graphs
     with torch.no_grad():  # a second stream, another prompt: same step, same compiled code
         out2 = generate(pipe, frames, seed=4, text_seed=5)
-        ref2 = generate(Pipeline(model, cfg), frames, seed=4, text_seed=5)
+        ref2 = generate(Pipeline(model, cfg, backend=BACKEND), frames, seed=4, text_seed=5)
     assert torch.equal(out2, ref2)
     assert counter.graphs == compiled
 
@@ -158,6 +162,18 @@ def test_step_reused_for_the_same_shape_and_rebuilt_for_another():
         assert pipe.step is first and pipe.cache is first.cache
         pipe.generate(text_emb(), 6, (2, 4))
     assert pipe.step is not first and pipe.step.matches(1, 1, 2)
+
+
+def test_auto_takes_device_masked_attention_for_compiled_passes():
+    model = tiny()
+    cfg = CONFIGS["flex, sink 3 + window 9"]
+    eager = ChunkStep(model, 1, 2, 3, cfg)
+    compiled = ChunkStep(model, 1, 2, 3, cfg, compile="eager")
+    assert eager.kernels.names[1] == ops.resolve_backend(
+        "ring_attention", "auto", torch.device("cpu"), chunk_frames=0, resident_tokens=0).__name__.rsplit(".")[-1]
+    assert not compiled.kernels.slices_resident_prefix
+    explicit = ChunkStep(model, 1, 2, 3, cfg, backend="sdpa", compile="eager")
+    assert explicit.kernels.names[1] == "sdpa"  # an explicit choice is kept
 
 
 def test_bad_options_are_named():

@@ -18,7 +18,6 @@ benchmarks/results), and every other call falls through to the C++ kernels.
 from __future__ import annotations
 
 import importlib
-import os
 
 import torch
 
@@ -60,14 +59,15 @@ def available_backends(op: str | None = None, device: str | None = None) -> list
     return names
 
 
+def auto_order(device: torch.device) -> tuple[str, ...]:
+    """The backends ``"auto"`` tries on ``device``, in order."""
+    return AUTO_ORDER.get(device.type, ("reference",))
+
+
 def resolve_backend(op: str, backend: str, device: torch.device, **call) -> object:
     """The backend module that runs ``op`` for this call."""
     if backend == "auto":
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-            order = AUTO_ORDER["cpu"]
-        else:
-            order = AUTO_ORDER.get(device.type, ("reference",))
-        for name in order:
+        for name in auto_order(device):
             if not backend_status(name)[0]:
                 continue
             mod = _module(name)
