@@ -22,8 +22,10 @@ the attention backends that slice the resident ring prefix (sdpa, flash) the pas
 its size, which grows while the ring fills: there the first (sink + window) / chunk chunks
 run the same pass eagerly and compilation / capture starts once the ring is full. The masked
 kernels (cpp, triton) read the slot frames on the device and are compiled from the first
-chunk; ``backend="auto"`` therefore takes them for a compiled / captured pass. (The softmax scale is part of the variant: with YaRN it follows the video
-length; YaRN with ``dynamic=True`` would change it every chunk and is refused.)
+chunk; ``backend="auto"`` therefore takes them for a compiled / captured pass.
+
+The softmax scale is part of the variant: with YaRN it follows the video length; YaRN with
+``dynamic=True`` would change it every chunk and is refused.
 """
 from __future__ import annotations
 
