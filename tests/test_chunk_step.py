@@ -16,7 +16,7 @@ from flex.pipeline import Pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Attention that eager and compiled passes share (auto differs between them: see the last tests).
+# The masked C++ attention where it is built (the pass is then compiled from the first chunk).
 BACKEND = "cpp" if "cpp" in ops.available_backends("ring_attention", "cpu") else "reference"
 
 HW = (4, 6)  # 2 x 3 tokens per frame
@@ -162,18 +162,6 @@ def test_step_reused_for_the_same_shape_and_rebuilt_for_another():
         assert pipe.step is first and pipe.cache is first.cache
         pipe.generate(text_emb(), 6, (2, 4))
     assert pipe.step is not first and pipe.step.matches(1, 1, 2)
-
-
-def test_auto_takes_device_masked_attention_for_compiled_passes():
-    model = tiny()
-    cfg = CONFIGS["flex, sink 3 + window 9"]
-    eager = ChunkStep(model, 1, 2, 3, cfg)
-    compiled = ChunkStep(model, 1, 2, 3, cfg, compile="eager")
-    assert eager.kernels.names[1] == ops.resolve_backend(
-        "ring_attention", "auto", torch.device("cpu"), chunk_frames=0, resident_tokens=0).__name__.rsplit(".")[-1]
-    assert not compiled.kernels.slices_resident_prefix
-    explicit = ChunkStep(model, 1, 2, 3, cfg, backend="sdpa", compile="eager")
-    assert explicit.kernels.names[1] == "sdpa"  # an explicit choice is kept
 
 
 def test_bad_options_are_named():

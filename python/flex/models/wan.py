@@ -403,31 +403,16 @@ class PassKernels:
     slices_resident_prefix: bool = False
 
 
-def resolve_pass_kernels(backend, device, dtype, head_dim: int, rotate_on_load: bool,
-                         prefer_device_mask: bool = False) -> PassKernels:
-    """PassKernels for a model pass (chunk_frames 0, resident prefix given, no lse).
-
-    ``prefer_device_mask``: with ``"auto"`` attention, take the first backend that reads the
-    slot frames on the device over one that slices the resident prefix (a compiled or captured
-    pass then does not depend on how full the ring is).
-    """
+def resolve_pass_kernels(backend, device, dtype, head_dim: int, rotate_on_load: bool) -> PassKernels:
+    """PassKernels for a model pass (chunk_frames 0, resident prefix given, no lse)."""
     be = _resolve_backends(backend)
     device = torch.device(device)
     nrc = ops.resolve_backend("norm_rope_cache_write", be["norm_rope_cache_write"], device, dtype=dtype,
                               head_dim=head_dim)
     # Only whether key_freqs_t is given matters to the backends' supports().
-    call = dict(chunk_frames=0, key_freqs_t=True if rotate_on_load else None, resident_tokens=0, return_lse=False,
-                dtype=dtype, head_dim=head_dim)
-    ra = ops.resolve_backend("ring_attention", be["ring_attention"], device, **call)
-    if prefer_device_mask and be["ring_attention"] == "auto" and getattr(ra, "SLICES_RESIDENT_PREFIX", False):
-        for name in ops.auto_order(device):
-            try:
-                mod = ops.resolve_backend("ring_attention", name, device, **call)
-            except ValueError:  # unavailable here, or cannot take this call
-                continue
-            if not getattr(mod, "SLICES_RESIDENT_PREFIX", False):
-                ra = mod
-                break
+    ra = ops.resolve_backend("ring_attention", be["ring_attention"], device, chunk_frames=0,
+                             key_freqs_t=True if rotate_on_load else None, resident_tokens=0, return_lse=False,
+                             dtype=dtype, head_dim=head_dim)
     short = lambda mod: mod.__name__.rsplit(".", 1)[-1]  # noqa: E731
     return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, (short(nrc), short(ra)),
                        getattr(ra, "SLICES_RESIDENT_PREFIX", False))
