@@ -150,11 +150,12 @@ PATH_KEYS = ("upstream", "off", "on", "fast")  # --paths names of the four paths
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True,
         horizons: tuple[int, ...] | None = None, paths: tuple[str, ...] = PATH_KEYS,
-        options: bool = True) -> dict:
+        options: bool = True, on_progress=None) -> dict:
     """{"rows": the path x horizon matrix, "options": compile / CUDA-graph variants, "notes": ...}.
 
     ``paths`` picks among upstream-style / FLEX off / FLEX on / FLEX on with the fastest options;
-    ``options=False`` skips the per-option table.
+    ``options=False`` skips the per-option table; ``on_progress(partial result)`` is called
+    after every horizon (to save what was measured so far).
     """
     unknown = set(paths) - set(PATH_KEYS)
     if unknown or not paths:
@@ -193,6 +194,10 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
         except Exception as err:  # noqa: BLE001 -- an option failing must not lose the other numbers
             failed[id(pipe)] = _error(err)
     rows, option_rows = [], []
+    notes = ["text encoding excluded: the prompt's cross-attention K/V are computed before timing",
+             "warm-up (compilation, CUDA-graph capture) is excluded from FPS and reported as warmup_seconds",
+             "upstream-style path runs eagerly, as the upstream code ships"]
+    progress = on_progress or (lambda partial: None)
     model_desc = f"dim {s['model'].dim}, {s['model'].num_layers} layers, {s['model'].num_heads}x{s['model'].head_dim}"
     bar = tqdm(total=sum(latent_frames(h) for h in horizons) * len(paths), unit="frame", desc="end to end",
                leave=False)
@@ -222,6 +227,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
             rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
                              peak_memory_mb=mem.mb, speedup_vs_upstream=None if base is None else base / sec,
                              warmup_seconds=warm[id(pipe)]))
+        progress(dict(rows=rows, options=option_rows, notes=notes))
     bar.close()
 
     # Compile / CUDA-graph options of the FLEX path, one horizon, ratios against eager.
@@ -241,9 +247,6 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
         eager = sec if label == "eager" else eager
         option_rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec,
                             warmup_seconds=warm[id(pipe)], speedup_vs_eager=None if eager is None else eager / sec))
-    notes = ["text encoding excluded: the prompt's cross-attention K/V are computed before timing",
-             "warm-up (compilation, CUDA-graph capture) is excluded from FPS and reported as warmup_seconds",
-             "upstream-style path runs eagerly, as the upstream code ships"]
     if decode:
         latents = torch.randn(1, 6 if quick else 21, 16, *s["latent"], device=device)
         fps = decode_fps(latents, device, dtype, quick)

@@ -155,11 +155,17 @@ def main(argv=None) -> dict:
                 results["ops"] += ops_suite.attention_cases(device, dtype, args.quick, results["roofline"]["matmul_tflops"], repeats)
             elif step == "e2e":
                 from benchmarks import e2e_suite
-                e2e = e2e_suite.run(device, dtype, args.quick, repeats, horizons=args.horizons,
-                                    paths=args.paths or e2e_suite.PATH_KEYS, options=not args.no_options)
-                results.update(e2e=e2e["rows"], e2e_options=e2e["options"], e2e_notes=e2e["notes"])
 
-    report.write_all(results, out)
+                def save_e2e(e2e):
+                    results.update(e2e=e2e["rows"], e2e_options=e2e["options"], e2e_notes=e2e["notes"])
+                    report.write_all(results, out)
+
+                save_e2e(e2e_suite.run(device, dtype, args.quick, repeats, horizons=args.horizons,
+                                       paths=args.paths or e2e_suite.PATH_KEYS, options=not args.no_options,
+                                       on_progress=save_e2e))
+            # Written after every step, so a run cut short keeps what it measured.
+            report.write_all(results, out)
+
     print(report.console_table(results))
     if args.compare:
         print(report.compare(results, json.loads(Path(args.compare).read_text())))
