@@ -94,3 +94,19 @@ def test_upstream_style_twin_generates_the_same_video():
     got = Pipeline(twin, off).generate(text, 18, (4, 6), generator=torch.Generator().manual_seed(1))
     want = Pipeline(model, off, backend="reference").generate(text, 18, (4, 6), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(got, want, atol=1e-5 * want.abs().max()), (got - want).abs().max()
+
+
+def test_a_failing_path_becomes_an_error_row(monkeypatch):
+    """One path that cannot run (here: an unknown compile backend) must not lose the others."""
+    import torch
+
+    from benchmarks import e2e_suite
+
+    monkeypatch.setattr(e2e_suite, "fastest_options", lambda device: ("broken", dict(compile="no_such_backend")))
+    saved = []
+    result = e2e_suite.run(torch.device("cpu"), torch.float32, quick=True, repeats=1, decode=False, horizons=(5,),
+                           paths=("on", "fast"), options=False, on_progress=saved.append)
+    rows = {r["path"]: r for r in result["rows"]}
+    assert "no_such_backend" in rows["FLEX path, FLEX on, broken"]["error"]
+    assert _is_number(rows["FLEX path, FLEX on"]["latent_fps"])
+    assert saved and saved[-1]["rows"] == result["rows"]
