@@ -397,7 +397,6 @@ class PassKernels:
 
     norm_rope_cache_write: Callable
     ring_attention: Callable
-    names: tuple[str, str]
     # Whether ring_attention slices the resident prefix (sdpa, flash), so that its work depends
     # on resident_tokens; the masked kernels read the slot frames on the device instead.
     slices_resident_prefix: bool = False
@@ -413,9 +412,7 @@ def resolve_pass_kernels(backend, device, dtype, head_dim: int, rotate_on_load: 
     ra = ops.resolve_backend("ring_attention", be["ring_attention"], device, chunk_frames=0,
                              key_freqs_t=True if rotate_on_load else None, resident_tokens=0, return_lse=False,
                              dtype=dtype, head_dim=head_dim)
-    short = lambda mod: mod.__name__.rsplit(".", 1)[-1]  # noqa: E731
-    return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, (short(nrc), short(ra)),
-                       getattr(ra, "SLICES_RESIDENT_PREFIX", False))
+    return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, getattr(ra, "SLICES_RESIDENT_PREFIX", False))
 
 
 # ---------------------------------------------------------------- the model
