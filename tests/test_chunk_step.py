@@ -11,7 +11,6 @@ from flex import ops
 from flex.chunk_step import ChunkStep, compile_options
 from flex.config import FlexConfig
 from flex.models import CausalWanModel
-from flex.models.wan import chunk_rope
 from flex.pipeline import Pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,16 +68,15 @@ def test_device_tables_equal_host_tables(name):
     for f0 in range(0, total, n):
         rope, shift, scale = pipe.chunk_positions(f0, n, total)
         step.set_chunk(f0, rope, shift, scale)
-        host = chunk_rope(rope, step.cache, f0, n, rotate_on_load=cfg.rotate_on_load, position_shift=shift,
-                          scale=scale, dtype=model.table_dtype)
-        device = step.tables(scale)
-        for field in ("freqs_t", "freqs_h", "freqs_w", "key_freqs_t"):
+        host = pipe.chunk_tables(step.cache, f0, n, total)  # host ints and host thetas
+        device = step.positions(scale)  # 0-d device buffers and device theta buffers
+        assert host.scale == device.scale == scale
+        for field in ("frames", "slots", "freqs_t", "freqs_h", "freqs_w", "key_freqs_t"):
             a, b = getattr(device, field), getattr(host, field)
             assert (a is None) == (b is None), field
             if a is not None:
                 assert torch.equal(a, b), f"{field} differs at frame {f0}"
-        for layer in step.cache.layers:  # what the chunk's passes record
-            layer.mark_written(f0, n, layer.slots(f0, n))
+        step.cache.layers[0].mark_written(f0, n, step.cache.slots(f0, n))  # what the chunk's passes record
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -21,6 +21,7 @@ def test_unknown_backend_is_named():
 def test_sdpa_refuses_masked_calls():
     c = RingKVCache(1, 2, 32, 12, 1, 3)
     q = torch.randn(1, 12, 2, 32)
+    c.write(q, q, 0)  # one resident frame: resident_tokens=12 is a true prefix
     with pytest.raises(ValueError, match="does not support"):
         ops.ring_attention(q, c.k, c.v, c.slot_frame, 12, chunk_frames=1, backend="sdpa", resident_tokens=12)
 

@@ -322,8 +322,8 @@ def test_backend_module():
     assert backend.available()[0]
     assert DEVICE.type in backend.DEVICES
     assert "triton" in ops.available_backends("ring_attention", DEVICE.type)
-    assert backend.supports("ring_attention", dtype=torch.float16, head_dim=128)
-    assert not backend.supports("ring_attention", dtype=torch.float64)
+    assert backend.supports(ops.Call("ring_attention", dtype=torch.float16, head_dim=128))
+    assert not backend.supports(ops.Call("ring_attention", dtype=torch.float64))
 
 
 def test_ops_norm_rope_cache_write_triton_backend():

@@ -34,10 +34,12 @@ from typing import Callable
 
 import torch
 
-from .cache import frame_slots
+from . import ops
+from .cache import TextCache
 from .config import FlexConfig
-from .models.wan import CausalWanModel, ChunkRope, TextCache, resolve_pass_kernels
-from .rope import Rope3D, axis_planes, cos_sin
+from .models.wan import CausalWanModel
+from .positions import ChunkPositions, chunk_positions
+from .rope import Rope3D, axis_planes
 
 
 COMPILE_MODES = {
@@ -106,14 +108,10 @@ class ChunkStep:
         self.n_frames = config.chunk_frames
         self.first_frame = torch.zeros((), dtype=torch.int64, device=dev)
         self.position_shift = torch.zeros((), dtype=torch.int64, device=dev)
-        self.frame_range = torch.arange(self.n_frames, device=dev)
-        self.rows, self.cols = torch.arange(grid_h, device=dev), torch.arange(grid_w, device=dev)
-        ct, ch, cw = axis_planes(model.head_dim)
-        self.thetas_t = torch.zeros(ct, dtype=torch.float64, device=dev)
-        self.thetas_h = torch.zeros(ch, dtype=torch.float64, device=dev)
-        self.thetas_w = torch.zeros(cw, dtype=torch.float64, device=dev)
+        # The thetas as device buffers (refilled in place when S changes): a Rope3D of buffers.
+        self.thetas = Rope3D(*(torch.zeros(c, dtype=torch.float64, device=dev) for c in axis_planes(model.head_dim)))
         self.text: TextCache | None = None
-        self.kernels = resolve_pass_kernels(backend, dev, model.param_dtype, model.head_dim, config.rotate_on_load)
+        self.kernels = ops.plan(backend, dev, model.param_dtype, model.head_dim, config.rotate_on_load)
         self._rope: Rope3D | None = None
         self._resident, self._scale = 0, model.head_dim ** -0.5
         self._fn = self._pass
@@ -165,47 +163,38 @@ class ChunkStep:
 
     def set_chunk(self, first_frame: int, rope: Rope3D, position_shift: int = 0, scale: float | None = None) -> None:
         """Point the buffers at chunk [first_frame, +chunk_frames) with positions from ``rope``."""
-        self.cache.layers[0].check_chunk(first_frame, self.n_frames)
         if not isinstance(position_shift, int) or not 0 <= position_shift <= first_frame:
             raise ValueError(f"position_shift must be an int in [0, first_frame={first_frame}], got {position_shift!r}")
         if position_shift and not self.config.rotate_on_load:
             raise ValueError("position_shift > 0 needs rotate-on-load (a dynamic or window-position FlexConfig)")
+        table = self.cache.table
+        written = table.frames_written
+        table.reserve(first_frame, self.n_frames)
+        resident = table.resident_prefix_tokens()
+        if resident is None and self.kernels.slices_resident_prefix:
+            raise ValueError(f"chunks must be set in order from frame 0 (got first_frame {first_frame} after "
+                             f"{written} frames): the planned attention reads the resident ring prefix")
         self.first_frame.fill_(first_frame)  # a fill kernel: no host-to-device copy
         self.position_shift.fill_(position_shift)
         if rope is not self._rope:  # new S: a small copy, once per stream unless S is dynamic
-            self.thetas_t.copy_(rope.thetas_t)
-            self.thetas_h.copy_(rope.thetas_h)
-            self.thetas_w.copy_(rope.thetas_w)
+            for buffer, thetas in zip((self.thetas.thetas_t, self.thetas.thetas_h, self.thetas.thetas_w),
+                                      (rope.thetas_t, rope.thetas_h, rope.thetas_w)):
+                buffer.copy_(thetas)
             self._rope = rope
-        end = first_frame + self.n_frames
-        for layer in self.cache.layers:
-            layer.frames_written = max(layer.frames_written, end)
-        self._resident = self.cache.layers[0].resident_prefix_tokens()
+        self._resident = resident
         self._scale = self.model.head_dim ** -0.5 if scale is None else float(scale)
 
     # ------------------------------------------------------------ the pass
 
-    def frames_and_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chunk's frame indices and their ring slots, [n] int64 on the device."""
-        frames = self.first_frame + self.frame_range
-        return frames, frame_slots(frames, self.config.sink_frames, self.config.window_frames)
-
-    def tables(self, scale: float, frames_and_slots=None) -> ChunkRope:
-        """The chunk's RoPE tables, computed on the device from the buffers."""
-        cfg, dt = self.config, self.model.table_dtype
-        frames, slots = frames_and_slots or self.frames_and_slots()
-        key_ft = None
-        if cfg.rotate_on_load:
-            after = self.cache.slot_frame.clone().index_copy_(0, slots, frames)
-            pos = torch.where(after < cfg.sink_frames, after, after - self.position_shift).clamp_min(0)
-            key_ft = cos_sin(pos, self.thetas_t, dt)  # empty slots (-1) are masked; any row will do
-        return ChunkRope(cos_sin(frames - self.position_shift, self.thetas_t, dt), cos_sin(self.rows, self.thetas_h, dt),
-                         cos_sin(self.cols, self.thetas_w, dt), key_ft, scale)
+    def positions(self, scale: float) -> ChunkPositions:
+        """The chunk's frames, slots and RoPE tables, computed on the device from the buffers."""
+        return chunk_positions(self.thetas, self.cache.table, self.first_frame, self.n_frames, self.grid_h,
+                               self.grid_w, position_shift=self.position_shift,
+                               rotate_on_load=self.config.rotate_on_load, scale=scale, dtype=self.model.table_dtype)
 
     def _pass(self, x: torch.Tensor, t: torch.Tensor, resident_tokens: int, scale: float) -> torch.Tensor:
-        frames, slots = self.frames_and_slots()
-        rope = self.tables(scale, (frames, slots))
-        return self.model.chunk_pass(x, t, self.text, self.cache, slots, frames, rope, resident_tokens, self.kernels)
+        return self.model.chunk_pass(x, t, self.text, self.cache, self.positions(scale), resident_tokens,
+                                     self.kernels)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.text is None:

@@ -18,6 +18,8 @@ benchmarks/results), and every other call falls through to the C++ kernels.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 
@@ -32,6 +34,31 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def _module(name: str):
     return importlib.import_module(f"flex.backends.{name}")
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a backend needs to know to accept a call: a description, no tensors.
+
+    block_causal    ring_attention with chunk_frames > 0 (a mask beyond empty slots)
+    rotate_on_load  ring_attention with key_freqs_t (keys rotated while loading)
+    resident_prefix ring_attention with resident_tokens: the filled slots are exactly a prefix
+    """
+
+    op: str
+    dtype: torch.dtype | None = None
+    head_dim: int | None = None
+    block_causal: bool = False
+    rotate_on_load: bool = False
+    resident_prefix: bool = False
+    return_lse: bool = False
+
+    @classmethod
+    def of(cls, op: str, *, chunk_frames=0, key_freqs_t=None, resident_tokens=None, return_lse=False,
+           dtype=None, head_dim=None) -> "Call":
+        """The description of a call from its arguments (ring_attention's keyword names)."""
+        return cls(op, dtype, head_dim, bool(chunk_frames), key_freqs_t is not None,
+                   resident_tokens is not None, bool(return_lse))
 
 
 def backend_status(name: str) -> tuple[bool, str]:
@@ -64,14 +91,19 @@ def auto_order(device: torch.device) -> tuple[str, ...]:
     return AUTO_ORDER.get(device.type, ("reference",))
 
 
-def resolve_backend(op: str, backend: str, device: torch.device, **call) -> object:
-    """The backend module that runs ``op`` for this call."""
+def _supports(mod, call: Call) -> bool:
+    return getattr(mod, "supports", lambda call: True)(call)
+
+
+def select(call: Call, backend: str, device: torch.device):
+    """The backend module that runs ``call`` on ``device`` (``backend`` a name or "auto")."""
+    op = call.op
     if backend == "auto":
         for name in auto_order(device):
             if not backend_status(name)[0]:
                 continue
             mod = _module(name)
-            if hasattr(mod, op) and device.type in mod.DEVICES and _supports(mod, op, call):
+            if hasattr(mod, op) and device.type in mod.DEVICES and _supports(mod, call):
                 return mod
         raise ValueError(f"no backend available for {op} on {device.type}")
     if backend not in BACKENDS:
@@ -84,13 +116,70 @@ def resolve_backend(op: str, backend: str, device: torch.device, **call) -> obje
         raise ValueError(f"backend {backend!r} does not implement {op}")
     if device.type not in mod.DEVICES:
         raise ValueError(f"backend {backend!r} runs on {sorted(mod.DEVICES)}, got tensors on {device.type}")
-    if not _supports(mod, op, call):
+    if not _supports(mod, call):
         raise ValueError(f"backend {backend!r} does not support this {op} call: {mod.supports.__doc__}")
     return mod
 
 
-def _supports(mod, op, call) -> bool:
-    return getattr(mod, "supports", lambda op, **kw: True)(op, **call)
+def resolve_backend(op: str, backend: str, device: torch.device, **call) -> object:
+    """The backend module that runs ``op`` for a call with these arguments (see :meth:`Call.of`)."""
+    return select(Call.of(op, **call), backend, torch.device(device))
+
+
+PASS_OPS = ("norm_rope_cache_write", "ring_attention")  # the two ops of a model pass
+
+
+def backend_per_op(backend) -> dict[str, str]:
+    """{op: backend name} for the ops of a model pass, from one name or a mapping {op: name}."""
+    allowed = ("auto",) + BACKENDS
+    if isinstance(backend, str):
+        if backend not in allowed:
+            raise ValueError(f"backend must be one of {allowed} or a dict {{op: backend}}, got {backend!r}")
+        usable = available_backends() if backend != "auto" else []
+        out = {}
+        for op in PASS_OPS:
+            # An available backend that lacks an op (sdpa, flash: attention only) leaves that op
+            # to "auto"; an unavailable one is passed on so that select() names the reason.
+            lacks = backend in usable and backend not in available_backends(op)
+            out[op] = "auto" if lacks else backend
+        return out
+    if isinstance(backend, Mapping):
+        unknown = set(backend) - set(PASS_OPS)
+        if unknown:
+            raise ValueError(f"backend keys must be among {PASS_OPS}, got {sorted(unknown)}")
+        for op, name in backend.items():
+            if name not in allowed:
+                raise ValueError(f"backend[{op!r}] must be one of {allowed}, got {name!r}")
+        return {op: backend.get(op, "auto") for op in PASS_OPS}
+    raise ValueError(f"backend must be a str or a dict {{op: backend}}, got {type(backend).__name__}")
+
+
+@dataclass(frozen=True)
+class PassKernels:
+    """The two self-attention ops of a model pass, resolved to backend functions once.
+
+    The public ops check arguments and pick a backend on every call; a pass plans once and
+    calls the backend functions directly, so torch.compile can trace it whole.
+    """
+
+    norm_rope_cache_write: Callable
+    ring_attention: Callable
+    # Whether ring_attention slices the resident prefix (sdpa, flash), so that its work depends
+    # on resident_tokens; the masked kernels read the slot frames on the device instead.
+    slices_resident_prefix: bool = False
+
+
+def plan(backend, device, dtype: torch.dtype, head_dim: int, rotate_on_load: bool = False,
+         resident_prefix: bool = True) -> PassKernels:
+    """The kernels of a model pass: qk-norm + RoPE + cache write, then ring attention over
+    the whole ring (no block-causal mask, no lse). ``resident_prefix``: whether the filled
+    slots form a prefix (else only masked attention kernels qualify)."""
+    names = backend_per_op(backend)
+    device = torch.device(device)
+    nrc = select(Call("norm_rope_cache_write", dtype, head_dim), names["norm_rope_cache_write"], device)
+    ra = select(Call("ring_attention", dtype, head_dim, rotate_on_load=rotate_on_load,
+                     resident_prefix=resident_prefix), names["ring_attention"], device)
+    return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, getattr(ra, "SLICES_RESIDENT_PREFIX", False))
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -136,6 +225,20 @@ def _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
         raise ValueError("the last dimension (head dim) must be contiguous")
 
 
+def _check_resident_prefix(resident_tokens, slot_frame, tokens_per_frame):
+    """resident_tokens claims that the filled slots are exactly the first n: check it (one host read)."""
+    n_keys = slot_frame.numel() * tokens_per_frame
+    if not isinstance(resident_tokens, int) or isinstance(resident_tokens, bool) \
+            or not 0 <= resident_tokens <= n_keys or resident_tokens % tokens_per_frame:
+        raise ValueError(f"resident_tokens must be a multiple of tokens_per_frame ({tokens_per_frame}) in "
+                         f"[0, {n_keys}], got {resident_tokens!r}")
+    filled = (slot_frame >= 0).tolist()
+    n = resident_tokens // tokens_per_frame
+    if not all(filled[:n]) or any(filled[n:]):
+        raise ValueError(f"resident_tokens = {resident_tokens} ({n} slots) says the filled slots are exactly "
+                         f"the first {n}, but slot_frame is {slot_frame.tolist()}: pass resident_tokens=None")
+
+
 # ---------------------------------------------------------------- public ops
 
 
@@ -147,7 +250,7 @@ def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0, backend
     """
     _check_tensor("x", x, 4)
     _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
-    mod = resolve_backend("rope3d", backend, x.device, dtype=x.dtype, head_dim=x.shape[-1])
+    mod = select(Call("rope3d", x.dtype, x.shape[-1]), backend, x.device)
     return mod.rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
 
 
@@ -185,7 +288,7 @@ def norm_rope_cache_write(
     _check_tensor("frame_slots", frame_slots, 1, device=q.device, float_=False)
     if frame_slots.dtype not in (torch.int32, torch.int64) or frame_slots.numel() != t // tpf:
         raise ValueError(f"frame_slots must be int32/int64 with one slot per frame ({t // tpf}), got {frame_slots.dtype} {tuple(frame_slots.shape)}")
-    mod = resolve_backend("norm_rope_cache_write", backend, q.device, dtype=q.dtype, head_dim=d)
+    mod = select(Call("norm_rope_cache_write", q.dtype, d), backend, q.device)
     return mod.norm_rope_cache_write(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
         frame_offset, k_cache, v_cache, frame_slots, bool(rotate_k_temporal),
@@ -229,12 +332,12 @@ def ring_attention(
         _check_tensor("key_freqs_t", key_freqs_t, 3, device=q.device)
         if key_freqs_t.shape[0] != slot_frame.numel() or key_freqs_t.shape[2] != 2 or 2 * key_freqs_t.shape[1] > q.shape[-1]:
             raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t, 2], got {tuple(key_freqs_t.shape)}")
-    if resident_tokens is not None and not (isinstance(resident_tokens, int) and 0 <= resident_tokens <= k_cache.shape[1]):
-        raise ValueError(f"resident_tokens must be an int in [0, {k_cache.shape[1]}], got {resident_tokens!r}")
+    if resident_tokens is not None:
+        _check_resident_prefix(resident_tokens, slot_frame, tokens_per_frame)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    call = dict(chunk_frames=chunk_frames, key_freqs_t=key_freqs_t, resident_tokens=resident_tokens,
-                return_lse=return_lse, dtype=q.dtype, head_dim=q.shape[-1])
-    mod = resolve_backend("ring_attention", backend, q.device, **call)
+    call = Call.of("ring_attention", chunk_frames=chunk_frames, key_freqs_t=key_freqs_t,
+                   resident_tokens=resident_tokens, return_lse=return_lse, dtype=q.dtype, head_dim=q.shape[-1])
+    mod = select(call, backend, q.device)
     return mod.ring_attention(
         q, k_cache, v_cache, slot_frame, tokens_per_frame, q_first_frame, chunk_frames, scale,
         key_freqs_t, return_lse, resident_tokens,

@@ -32,11 +32,14 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from . import ops
+from .cache import ModelKVCache, TextCache
 from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
-from .models.wan import CausalWanModel, ChunkRope, TextCache, WanKVCache, _resolve_backends, chunk_rope
+from .models.wan import CausalWanModel
 from .noise import antiphase_noise
-from .rope import Rope3D, logit_scale
+from .positions import ChunkPositions, PositionPolicy, chunk_positions
+from .rope import Rope3D
 from .schedule import SELF_FORCING_STEPS, FlowMatchSchedule
 
 DEFAULT_LATENT_SIZE = (60, 104)  # 480 x 832 video
@@ -100,7 +103,7 @@ class Pipeline:
             raise ValueError(f"config must be a FlexConfig, got {type(config).__name__}")
         if not 0 <= context_noise <= 1000:
             raise ValueError(f"context_noise must be in [0, 1000], got {context_noise!r}")
-        _resolve_backends(backend)  # validates the name(s) now
+        ops.backend_per_op(backend)  # validates the name(s) now
         check_step_options(model, config, compile, cuda_graphs)
         self.compile, self.cuda_graphs = compile, cuda_graphs
         self.step: ChunkStep | None = None  # the fixed-buffer pass, when compile or cuda_graphs
@@ -110,40 +113,21 @@ class Pipeline:
         self.schedule = FlowMatchSchedule(shift)
         self.timesteps, self.sigmas = self.schedule.timesteps_and_sigmas(denoising_steps, warp_denoising_step)
         self.context_noise = float(context_noise)
-        self.cache: WanKVCache | None = None  # the ring cache of the latest stream
-        self._rope: tuple[int, Rope3D] | None = None
+        self.cache: ModelKVCache | None = None  # the ring cache of the latest stream
+        self.positions = PositionPolicy(config, model.head_dim)
 
     # ------------------------------------------------------------ positions
 
-    def rope_length_and_shift(self, first_frame: int, n_frames: int, total_frames: int) -> tuple[int, int]:
-        """(length L that sets the RoPE scale S, position shift) of chunk [first_frame, +n_frames)."""
-        cfg = self.config
-        end = first_frame + n_frames
-        cap = cfg.sink_frames + cfg.window_frames
-        windowed = cfg.position_policy == "window"
-        span = (lambda f: min(f, cap)) if windowed else (lambda f: f)
-        length = span(end) if cfg.dynamic else span(total_frames)
-        return length, (max(0, end - cap) if windowed else 0)
-
-    def rope_for_length(self, length: int) -> Rope3D:
-        if self._rope is None or self._rope[0] != length:
-            cfg = self.config
-            self._rope = (length, Rope3D.for_wan(self.model.head_dim, cfg.strategy, length, cfg.l_train,
-                                                 cfg.alpha, cfg.beta, cfg.rope_base))
-        return self._rope[1]
-
     def chunk_positions(self, first_frame: int, n_frames: int, total_frames: int) -> tuple[Rope3D, int, float]:
         """(RoPE thetas, position shift, softmax scale) of chunk [first_frame, +n_frames)."""
-        cfg = self.config
-        length, shift = self.rope_length_and_shift(first_frame, n_frames, total_frames)
-        scale = self.model.head_dim ** -0.5 * logit_scale(cfg.strategy, length, cfg.l_train)
-        return self.rope_for_length(length), shift, scale
+        return self.positions.for_chunk(first_frame, n_frames, total_frames)
 
-    def chunk_rope(self, cache: WanKVCache, first_frame: int, n_frames: int, total_frames: int) -> ChunkRope:
-        """The RoPE tables of one chunk (shared by its 5 passes and every layer)."""
+    def chunk_tables(self, cache: ModelKVCache, first_frame: int, n_frames: int, total_frames: int) -> ChunkPositions:
+        """The frames, slots and RoPE tables of one chunk (shared by its 5 passes and every layer)."""
         rope, shift, scale = self.chunk_positions(first_frame, n_frames, total_frames)
-        return chunk_rope(rope, cache, first_frame, n_frames, rotate_on_load=self.config.rotate_on_load,
-                          position_shift=shift, scale=scale, dtype=self.model.table_dtype)
+        return chunk_positions(rope, cache.table, first_frame, n_frames, cache.grid_h, cache.grid_w,
+                               position_shift=shift, rotate_on_load=self.config.rotate_on_load, scale=scale,
+                               dtype=self.model.table_dtype)
 
     def chunk_step(self, batch: int, grid_h: int, grid_w: int) -> ChunkStep:
         """The fixed-buffer pass for this shape (kept across streams: compiled code and graphs too)."""
@@ -266,9 +250,9 @@ class Pipeline:
                         step.set_chunk(f0, *self.chunk_positions(f0, n, num_frames))
                         run = step
                     else:
-                        rope = self.chunk_rope(cache, f0, n, num_frames)
-                        run = (lambda x, t, f0=f0, rope=rope:
-                               model(x, t, text_cache, cache, f0, rope, self.backend))
+                        pos = self.chunk_tables(cache, f0, n, num_frames)
+                        run = (lambda x, t, f0=f0, pos=pos:
+                               model(x, t, text_cache, cache, f0, pos, self.backend))
                     if noise is not None:
                         x = noise[:, f0:f0 + n].to(device, ldt)
                     else:

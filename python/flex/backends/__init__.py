@@ -1,1 +1,2 @@
-"""One module per backend; each has DEVICES, available() and the ops it implements."""
+"""One module per backend; each has DEVICES, available(), the ops it implements and,
+optionally, ``supports(call)`` (a :class:`flex.ops.Call` description) for calls it accepts."""

@@ -1,8 +1,9 @@
 """flash-attn over the resident prefix of the ring, used when flash_attn is importable."""
 import torch
 
+from ._resident_prefix import SLICES_RESIDENT_PREFIX, supports  # noqa: F401
+
 DEVICES = {"cuda"}
-SLICES_RESIDENT_PREFIX = True  # attends k_cache[:, :resident_tokens]: the call depends on that int
 
 
 def available():
@@ -13,11 +14,6 @@ def available():
     if not torch.cuda.is_available():
         return False, "no CUDA device"
     return True, "flash_attn.flash_attn_func"
-
-
-def supports(op, chunk_frames=0, key_freqs_t=None, resident_tokens=None, return_lse=False, **_):
-    """only the unmasked case: chunk_frames=0, no key_freqs_t, resident_tokens given, no lse."""
-    return chunk_frames == 0 and key_freqs_t is None and resident_tokens is not None and not return_lse
 
 
 def ring_attention(q, k_cache, v_cache, slot_frame, tokens_per_frame, q_first_frame, chunk_frames,

@@ -28,11 +28,11 @@ def available():
     return True, "triton " + __import__("triton").__version__ + (" (interpreter)" if _INTERPRET else "")
 
 
-def supports(op, dtype=None, head_dim=None, **_):
+def supports(call) -> bool:
     """float32/float16/bfloat16 inputs; ring_attention head dims up to 256."""
-    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if call.dtype is not None and call.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return False
-    if op == "ring_attention" and head_dim is not None and head_dim > 256:
+    if call.op == "ring_attention" and call.head_dim is not None and call.head_dim > 256:
         return False
     return True
 

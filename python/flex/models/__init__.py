@@ -1,10 +1,10 @@
 """Video diffusion models running on FLEX's ops and ring cache."""
-from .wan import (
-    WAN_PRESETS, CausalWanModel, ChunkRope, TextCache, WanConfig, WanKVCache, chunk_rope, sinusoidal_embedding,
-    wan_config,
-)
+from ..cache import ModelKVCache, TextCache, WanKVCache
+from .config import WAN_PRESETS, WanConfig, wan_config
+from .layers import sinusoidal_embedding
+from .wan import CausalWanModel
 
 __all__ = [
-    "WAN_PRESETS", "CausalWanModel", "ChunkRope", "TextCache", "WanConfig", "WanKVCache", "chunk_rope",
+    "WAN_PRESETS", "CausalWanModel", "ModelKVCache", "TextCache", "WanConfig", "WanKVCache",
     "sinusoidal_embedding", "wan_config",
 ]
