@@ -7,7 +7,7 @@ from typing import Mapping
 
 import torch
 
-from .errors import CheckpointError, bad_dtypes, dtype_names, preview
+from .errors import CheckpointError, bad_dtypes, dtype_names, non_finite, preview
 
 DEFAULT_HEAD_DIM = 128  # every released Wan2.1 size (1.3B: 1536 / 12, 14B: 5120 / 40)
 _MATCH_FIELDS = ("dim", "ffn_dim", "num_layers", "text_dim", "freq_dim", "in_dim", "out_dim", "patch_size")
@@ -123,7 +123,7 @@ def resolve_config(sd: dict, config: dict | None = None, preset=None):
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict, source: str, what: str = "the model") -> None:
-    """Raise :class:`CheckpointError` unless ``sd`` has exactly the model's parameters, as float tensors.
+    """Raise :class:`CheckpointError` unless ``sd`` has exactly the model's parameters, as finite float tensors.
 
     Persistent buffers the checkpoint lacks are tolerated (they are computed, not learned).
     """
@@ -135,8 +135,9 @@ def check_state_dict(model: torch.nn.Module, sd: dict, source: str, what: str = 
         f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(expected[k].shape)})"
         for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
     ]
-    not_float = bad_dtypes({k: sd[k] for k in expected if k in sd})
-    if missing or unexpected or mismatched or not_float:
+    present = {k: sd[k] for k in expected if k in sd}
+    not_float, not_finite = bad_dtypes(present), non_finite(present)
+    if missing or unexpected or mismatched or not_float or not_finite:
         lines = [f"checkpoint {source!r} does not match {what}:"]
         if missing:
             lines.append(f"  {len(missing)} missing keys: {preview(missing)}")
@@ -147,4 +148,6 @@ def check_state_dict(model: torch.nn.Module, sd: dict, source: str, what: str = 
         if not_float:
             lines.append(f"  {len(not_float)} tensors of a dtype weights cannot have (use {dtype_names()}): "
                          f"{preview(not_float)}")
+        if not_finite:
+            lines.append(f"  {len(not_finite)} tensors hold inf or NaN: {preview(not_finite)}")
         raise CheckpointError("\n".join(lines))

@@ -36,5 +36,10 @@ def bad_dtypes(tensors: dict) -> list[str]:
     return [f"{k} ({v.dtype})" for k, v in tensors.items() if v.dtype not in WEIGHT_DTYPES]
 
 
+def non_finite(tensors: dict) -> list[str]:
+    """Names of the float tensors that hold an inf or a NaN (they would silently poison every output)."""
+    return [k for k, v in tensors.items() if v.dtype in WEIGHT_DTYPES and not torch.isfinite(v).all()]
+
+
 def dtype_names() -> str:
     return ", ".join(str(d).replace("torch.", "") for d in WEIGHT_DTYPES)

@@ -182,6 +182,8 @@ def read_state_dict(path, use_ema: bool | None = None, trust_pickle: bool = Fals
     ``info`` has ``source`` (what was read), ``entry`` (which part of a training checkpoint)
     and ``config_json`` (config.json contents, if any).
     """
+    if use_ema not in (None, True, False):
+        raise ValueError(f"use_ema must be None (automatic), True or False, got {use_ema!r}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"DiT checkpoint {str(path)!r} does not exist")

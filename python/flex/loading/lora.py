@@ -51,7 +51,7 @@ def read_lora(path, trust_pickle: bool = False) -> dict:
     path = Path(path)
     where = f"LoRA file {str(path)!r}"
     if not path.is_file():
-        raise FileNotFoundError(f"{where} does not exist")
+        raise FileNotFoundError(f"{where} {'is a folder' if path.is_dir() else 'does not exist'}")
     obj = safetensors_load(path) if path.suffix == ".safetensors" else torch_load(path, trust_pickle)
     if isinstance(obj, dict) and "generator_lora" in obj:
         obj = obj["generator_lora"]
