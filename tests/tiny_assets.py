@@ -111,6 +111,19 @@ def make_dit_checkpoint(path, seed: int = 0, ema: bool = True, raw: bool = True,
     return path
 
 
+def make_dit_folder(folder, sd: dict | None = None, config=None) -> Path:
+    """A Wan2.1 base folder: diffusion_pytorch_model.safetensors (of ``sd``, default the tiny
+    weights) and, when given, config.json (``config``: a JSON value, or a str written as is)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_dit_state_dict() if sd is None else sd, str(folder / "diffusion_pytorch_model.safetensors"))
+    if config is not None:
+        (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return folder
+
+
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE")
 for _name in OFFLINE_ENV:  # before transformers / huggingface_hub read them (import time)
     os.environ.setdefault(_name, "1")
