@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_int
+
 
 def frame_slots(frames: torch.Tensor, sink_frames: int, window_frames: int) -> torch.Tensor:
     """Slot index of each frame index in ``frames`` (any integer tensor, any device)."""
@@ -34,8 +36,7 @@ def frame_slots(frames: torch.Tensor, sink_frames: int, window_frames: int) -> t
 
 def _check_sizes(**sizes) -> None:
     for name, (value, low) in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(name, value, low)
 
 
 def chunk_frames_tensor(first_frame, n_frames: int, device) -> torch.Tensor:

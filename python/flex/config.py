@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .rope import STRATEGIES
+from .checks import check_bool, check_choice, check_float, check_int
+from .rope import STRATEGIES, check_base, check_gate
 
 POSITION_POLICIES = ("absolute", "window")
 
@@ -40,33 +41,22 @@ class FlexConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
-        if not self.alpha < self.beta:
-            raise ValueError(f"alpha must be < beta, got alpha={self.alpha!r}, beta={self.beta!r}")
-        if not (isinstance(self.l_train, int) and self.l_train > 0):
-            raise ValueError(f"l_train must be an int > 0, got {self.l_train!r}")
-        if not -1.0 <= self.rho <= 1.0:
-            raise ValueError(f"rho must be in [-1, 1], got {self.rho!r}")
-        if not (isinstance(self.chunk_frames, int) and self.chunk_frames > 0):
-            raise ValueError(f"chunk_frames must be an int > 0, got {self.chunk_frames!r}")
-        if not (isinstance(self.sink_frames, int) and self.sink_frames >= 0):
-            raise ValueError(f"sink_frames must be an int >= 0, got {self.sink_frames!r}")
-        if not (isinstance(self.window_frames, int) and self.window_frames >= 0):
-            raise ValueError(f"window_frames must be an int >= 0, got {self.window_frames!r}")
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_gate(self.alpha, self.beta)
+        check_int("l_train", self.l_train, 1)
+        check_bool("dynamic", self.dynamic)
+        check_float("rho", self.rho, -1.0, 1.0)
+        check_bool("ans_renoise", self.ans_renoise)
+        check_int("chunk_frames", self.chunk_frames, 1)
+        check_int("sink_frames", self.sink_frames, 0)
+        check_int("window_frames", self.window_frames, 0)
         if self.window_frames < self.chunk_frames:
             raise ValueError(
                 f"window_frames must be >= chunk_frames ({self.chunk_frames}) so the current "
                 f"chunk fits in the window, got {self.window_frames!r}"
             )
-        if self.position_policy not in POSITION_POLICIES:
-            raise ValueError(
-                f"position_policy must be one of {POSITION_POLICIES}, got {self.position_policy!r}"
-            )
-        if self.rope_base <= 1:
-            raise ValueError(f"rope_base must be > 1, got {self.rope_base!r}")
+        check_choice("position_policy", self.position_policy, POSITION_POLICIES)
+        check_base(self.rope_base, "rope_base")
 
     @property
     def rotate_on_load(self) -> bool:

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .checks import check_float
+
 
 def antiphase_noise(
     shape,
@@ -22,8 +24,9 @@ def antiphase_noise(
     shape = tuple(shape)
     if len(shape) != 5:
         raise ValueError(f"shape must be [B, f, C, H, W], got {shape}")
-    if not -1.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be in [-1, 1], got {rho!r}")
+    rho = check_float("rho", rho, -1.0, 1.0)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (noise is real-valued), got {dtype!r}")
     if device is None:
         device = generator.device if generator is not None else "cpu"
     eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)

@@ -18,6 +18,7 @@ benchmarks/results), and every other call falls through to the C++ kernels.
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -95,6 +96,21 @@ def _supports(mod, call: Call) -> bool:
     return getattr(mod, "supports", lambda call: True)(call)
 
 
+_warned_slow_fallback = False
+
+
+def _warn_slow_fallback(call: Call) -> None:
+    """Once per process: "auto" fell back to the float64 reference because flex._C is missing."""
+    global _warned_slow_fallback
+    from . import _extension
+
+    if _warned_slow_fallback or _extension.AVAILABLE:
+        return
+    _warned_slow_fallback = True
+    warnings.warn(f"flex: {call.op} runs on the slow float64 reference backend because "
+                  f"{_extension.unavailable_reason()}", RuntimeWarning, stacklevel=3)
+
+
 def select(call: Call, backend: str, device: torch.device):
     """The backend module that runs ``call`` on ``device`` (``backend`` a name or "auto")."""
     op = call.op
@@ -104,6 +120,8 @@ def select(call: Call, backend: str, device: torch.device):
                 continue
             mod = _module(name)
             if hasattr(mod, op) and device.type in mod.DEVICES and _supports(mod, call):
+                if name == "reference":
+                    _warn_slow_fallback(call)
                 return mod
         raise ValueError(f"no backend available for {op} on {device.type}")
     if backend not in BACKENDS:

@@ -33,6 +33,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 
 from . import ops
+from .checks import check_bool, check_float
 from .cache import ModelKVCache, TextCache
 from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
@@ -101,8 +102,8 @@ class Pipeline:
         config = FlexConfig() if config is None else config
         if not isinstance(config, FlexConfig):
             raise ValueError(f"config must be a FlexConfig, got {type(config).__name__}")
-        if not 0 <= context_noise <= 1000:
-            raise ValueError(f"context_noise must be in [0, 1000], got {context_noise!r}")
+        check_float("context_noise", context_noise, 0.0, 1000.0)
+        check_bool("warp_denoising_step", warp_denoising_step)
         ops.backend_per_op(backend)  # validates the name(s) now
         check_step_options(model, config, compile, cuda_graphs)
         self.compile, self.cuda_graphs = compile, cuda_graphs
@@ -115,6 +116,7 @@ class Pipeline:
         self.context_noise = float(context_noise)
         self.cache: ModelKVCache | None = None  # the ring cache of the latest stream
         self.positions = PositionPolicy(config, model.head_dim)
+        self._live_stream: object | None = None  # the running stream of the fixed-buffer pass
 
     # ------------------------------------------------------------ positions
 
@@ -230,9 +232,18 @@ class Pipeline:
             from tqdm.auto import tqdm
             bar = tqdm(total=n_chunks, unit="chunk", desc="FLEX")
         report = bar is not None or callback is not None
+        # The fixed-buffer pass owns one ring cache: a second live stream would overwrite it.
+        fixed = bool(self.compile) or self.cuda_graphs
+        token = object()
+        if fixed:
+            if self._live_stream is not None:
+                if bar is not None:
+                    bar.close()
+                raise RuntimeError("another stream of this compiled / CUDA-graph Pipeline is still running and "
+                                   "owns its ring cache: finish or close() it first, or use a second Pipeline")
+            self._live_stream = token
         try:
             # Grad mode is switched off per chunk, never across a yield (the caller's code runs there).
-            fixed = bool(self.compile) or self.cuda_graphs
             with torch.no_grad():
                 text_cache = text if isinstance(text, TextCache) else model.encode_text(text)
                 if fixed:
@@ -269,6 +280,8 @@ class Pipeline:
                         callback(info, x0)
                 yield x0
         finally:
+            if self._live_stream is token:
+                self._live_stream = None
             if bar is not None:
                 bar.close()
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_choice, check_float, check_int
+
 STRATEGIES = ("none", "flex", "pi", "ntk", "yarn", "riflex")
 
 
@@ -28,8 +30,23 @@ def axis_planes(head_dim: int) -> tuple[int, int, int]:
     return c - 2 * (c // 3), c // 3, c // 3
 
 
+def check_base(base, name: str = "base") -> float:
+    """The RoPE base must be a finite number > 1 (else thetas are 0, 1, growing or NaN)."""
+    return check_float(name, base, 1.0, low_open=True)
+
+
+def check_gate(alpha, beta) -> tuple[float, float]:
+    """The flex / yarn ramp: 0 <= alpha < beta, both finite (in training rotations r_m)."""
+    alpha = check_float("alpha", alpha, 0.0)
+    beta = check_float("beta", beta)
+    if not alpha < beta:
+        raise ValueError(f"alpha must be < beta, got alpha={alpha!r}, beta={beta!r}")
+    return alpha, beta
+
+
 def base_thetas(planes: int, base: float = 10000.0) -> torch.Tensor:
     """theta_m = base^(-2m/d) for an axis of d = 2 * planes real dims, float64."""
+    check_base(base)
     d = 2 * planes
     return base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
 
@@ -45,14 +62,9 @@ def flex_gate(r: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
 
 
 def _check_common(length, l_train, alpha, beta):
-    if not isinstance(length, int) or length <= 0:
-        raise ValueError(f"length must be a positive int (latent frames), got {length!r}")
-    if not l_train > 0:
-        raise ValueError(f"l_train must be > 0, got {l_train!r}")
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha!r}")
-    if not alpha < beta:
-        raise ValueError(f"alpha must be < beta, got alpha={alpha!r}, beta={beta!r}")
+    check_int("length", length, 1)
+    check_int("l_train", l_train, 1)
+    check_gate(alpha, beta)
 
 
 def riflex_intrinsic_plane(thetas: torch.Tensor, l_train: int) -> int:
@@ -76,8 +88,7 @@ def temporal_thetas(
     ``length <= l_train`` returns the unmodified thetas for every strategy.
     For ``yarn`` the attention temperature is separate: see :func:`logit_scale`.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    check_choice("strategy", strategy, STRATEGIES)
     _check_common(length, l_train, alpha, beta)
     planes = axis_planes(head_dim)[0]
     theta = base_thetas(planes, base)

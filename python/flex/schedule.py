@@ -19,6 +19,8 @@ from typing import Sequence
 
 import torch
 
+from .checks import check_float, check_int
+
 SELF_FORCING_STEPS = (1000, 750, 500, 250)
 
 
@@ -26,10 +28,8 @@ class FlowMatchSchedule:
     """Self Forcing's shifted flow-matching table and its step warping."""
 
     def __init__(self, shift: float = 5.0, num_train_timesteps: int = 1000):
-        if not shift > 0:
-            raise ValueError(f"shift must be > 0, got {shift!r}")
-        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be an int >= 1, got {num_train_timesteps!r}")
+        check_float("shift", shift, 0.0, low_open=True)
+        check_int("num_train_timesteps", num_train_timesteps, 1)
         self.shift = float(shift)
         self.num_train_timesteps = num_train_timesteps
         sigma = torch.linspace(1.0, 0.0, num_train_timesteps + 1)[:-1]  # float32, as upstream
@@ -41,6 +41,7 @@ class FlowMatchSchedule:
         table = torch.cat((self.timesteps, torch.zeros(1)))
         out = []
         for s in steps:
+            check_float("denoising_steps", s)
             if float(s) != int(s) or not 0 <= int(s) <= self.num_train_timesteps:
                 raise ValueError(
                     f"denoising_steps must be ints in [0, {self.num_train_timesteps}] when warped, got {s!r}"
@@ -61,9 +62,6 @@ class FlowMatchSchedule:
         if not steps:
             raise ValueError("denoising_steps must not be empty")
         for s in steps:
-            if not 0 < float(s) <= self.num_train_timesteps:
-                raise ValueError(
-                    f"denoising_steps must lie in (0, {self.num_train_timesteps}], got {s!r}"
-                )
+            check_float("denoising_steps", s, 0.0, float(self.num_train_timesteps), low_open=True)
         ts = self.warp(steps) if warp else [float(torch.tensor(float(s), dtype=torch.float32)) for s in steps]
         return ts, [self.sigma(t) for t in ts]

@@ -10,6 +10,11 @@ def available():
     return (True, "torch.ops.flex (C++)") if _extension.AVAILABLE else (False, _extension.unavailable_reason())
 
 
+def supports(call) -> bool:
+    """float32/float16/bfloat16 inputs (float64 too for the RoPE ops, not for ring_attention)."""
+    return not (call.op == "ring_attention" and call.dtype == torch.float64)
+
+
 def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
     return torch.ops.flex.rope3d(x, freqs_t.float(), freqs_h.float(), freqs_w.float(), grid_h, grid_w, frame_offset)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
-from ..rope import axis_planes
+from ..checks import check_float
+from ..rope import axis_planes, check_base
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class WanConfig:
         if patch[0] != 1:
             raise ValueError(f"patch_size[0] (temporal) must be 1 for per-frame causal generation, got {patch}")
         object.__setattr__(self, "patch_size", patch)
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+        check_float("eps", self.eps, 0.0, low_open=True)
+        check_base(self.rope_base, "rope_base")
 
     @property
     def head_dim(self) -> int:
