@@ -1,5 +1,5 @@
 """FLEX: Frequency-aware Length EXtension for autoregressive video diffusion."""
-from . import _extension  # registers torch.ops.flex.* when flex._C is built (never fails)
+from . import _extension  # noqa: F401  (registers torch.ops.flex.* when flex._C is built (never fails))
 from .cache import RingKVCache, frame_slots
 from .config import FlexConfig
 from .noise import antiphase_noise

@@ -38,7 +38,7 @@ from .cache import ModelKVCache, TextCache
 from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
 from .models.wan import CausalWanModel
-from .noise import antiphase_noise
+from .noise import ChunkNoise, GivenNoise, NoiseSource
 from .positions import ChunkPositions, PositionPolicy, chunk_positions
 from .rope import Rope3D
 from .schedule import SELF_FORCING_STEPS, FlowMatchSchedule
@@ -190,7 +190,7 @@ class Pipeline:
         num_frames: int,
         latent_size: tuple[int, int] | None = None,
         *,
-        noise: torch.Tensor | None = None,
+        noise: torch.Tensor | NoiseSource | None = None,
         renoise: Sequence[torch.Tensor] | None = None,
         generator: torch.Generator | None = None,
         callback: Callable[[ChunkInfo, torch.Tensor], None] | None = None,
@@ -199,14 +199,28 @@ class Pipeline:
         """Yield each finished chunk's clean latents [B, chunk_frames, 16, H, W] in order.
 
         text: prompt embeddings [B, L, text_dim] (zero-padded to text_len like Wan) or a
-        TextCache. noise: the whole video's initial noise [B, num_frames, 16, H, W] (used as
-        given: ANS then does not apply); renoise: one whole-video tensor per step after the
-        first. Noise not given is drawn from ``generator`` (global RNG when None), per chunk,
-        initial noise first, then the re-noising of each step. Everything is validated
-        before anything is computed.
+        TextCache. noise: a :class:`flex.noise.NoiseSource` (e.g. ``UpstreamNoise(seed)``:
+        Self Forcing's own draws), or the whole video's initial noise [B, num_frames, 16, H, W]
+        (used as given: ANS then does not apply); renoise: one whole-video tensor per step
+        after the first. Noise not given is drawn from ``generator`` (global RNG when None), per
+        chunk, initial noise first, then the re-noising of each step (:class:`ChunkNoise`).
+        Everything is validated before anything is computed.
         """
-        batch, (h, w) = self._validate(text, num_frames, latent_size, noise, renoise, generator)
-        return self._stream(text, num_frames, batch, h, w, noise, renoise, generator, callback, progress)
+        tensor_noise = noise if isinstance(noise, torch.Tensor) or noise is None else None
+        if noise is not None and tensor_noise is None and not isinstance(noise, NoiseSource):
+            raise ValueError(f"noise must be a NoiseSource, a tensor or None, got {type(noise).__name__}")
+        if isinstance(noise, NoiseSource) and (renoise is not None or generator is not None):
+            raise ValueError("noise is a NoiseSource: it draws every noise itself, so renoise and generator must be None")
+        batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
+        source = noise if isinstance(noise, NoiseSource) else self.default_noise(generator)
+        if tensor_noise is not None or renoise is not None:
+            source = GivenNoise(tensor_noise, renoise, source)
+        return self._stream(text, num_frames, batch, h, w, source, callback, progress)
+
+    def default_noise(self, generator: torch.Generator | None = None) -> NoiseSource:
+        """ANS initial noise, re-noising antiphase only with ``ans_renoise`` (FlexConfig)."""
+        cfg = self.config
+        return ChunkNoise(cfg.rho, cfg.rho if cfg.ans_renoise else 0.0, generator)
 
     def generate(self, text, num_frames: int, latent_size=None, **kwargs) -> torch.Tensor:
         """All latents [B, num_frames, 16, H, W] (see :meth:`stream` for the arguments)."""
@@ -219,14 +233,12 @@ class Pipeline:
             f += chunk.shape[1]
         return out
 
-    def _stream(self, text, num_frames, batch, h, w, noise, renoise, generator, callback, progress):
+    def _stream(self, text, num_frames, batch, h, w, source, callback, progress):
         model, cfg = self.model, self.config
         device, ldt = model.device, model.stream_dtype
         n = cfg.chunk_frames
         _, ph, pw = model.config.patch_size
-        shape = (batch, n, model.config.in_dim, h, w)
         n_chunks = num_frames // n
-        draw_device = generator.device if generator is not None else device
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -253,6 +265,7 @@ class Pipeline:
                 else:
                     cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames)
             self.cache = cache
+            source.start((batch, num_frames, model.config.in_dim, h, w), device, model.param_dtype)
             start = time.perf_counter()
             for c in range(n_chunks):
                 f0 = c * n
@@ -264,11 +277,8 @@ class Pipeline:
                         pos = self.chunk_tables(cache, f0, n, num_frames)
                         run = (lambda x, t, f0=f0, pos=pos:
                                model(x, t, text_cache, cache, f0, pos, self.backend))
-                    if noise is not None:
-                        x = noise[:, f0:f0 + n].to(device, ldt)
-                    else:
-                        x = antiphase_noise(shape, cfg.rho, generator, draw_device).to(device, ldt)
-                    x0 = self._denoise_chunk(run, x, f0, renoise, generator, draw_device, shape)
+                    x = source.initial(f0, n).to(device, ldt)
+                    x0 = self._denoise_chunk(run, x, f0, source)
                 if report:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
@@ -285,10 +295,9 @@ class Pipeline:
             if bar is not None:
                 bar.close()
 
-    def _denoise_chunk(self, run, x, f0, renoise, generator, draw_device, shape):
+    def _denoise_chunk(self, run, x, f0, source: NoiseSource):
         """The 4 denoising passes and the clean pass of one chunk (``run(x, t)`` is one model
         pass over the chunk); returns its x0."""
-        cfg = self.config
         n = x.shape[1]
         steps = len(self.timesteps)
         t_shape = (x.shape[0], n)
@@ -297,11 +306,7 @@ class Pipeline:
             v = run(x, torch.full(t_shape, t, device=x.device))
             x0 = (x.double() - sigma * v.double()).to(x.dtype)
             if i + 1 < steps:
-                if renoise is not None:
-                    eps = renoise[i][:, f0:f0 + n].to(x.device, x.dtype)
-                else:
-                    rho = cfg.rho if cfg.ans_renoise else 0.0
-                    eps = antiphase_noise(shape, rho, generator, draw_device).to(x.device, x.dtype)
+                eps = source.renoise(i, f0, n).to(x.device, x.dtype)
                 s = self.sigmas[i + 1]
                 x = ((1 - s) * x0.double() + s * eps.double()).to(x.dtype)
         run(x0, torch.full(t_shape, self.context_noise, device=x.device))

@@ -1,5 +1,4 @@
 """torch SDPA over the resident prefix of the ring: exact when no mask is needed."""
-import torch
 import torch.nn.functional as F
 
 from ._resident_prefix import SLICES_RESIDENT_PREFIX, supports  # noqa: F401
