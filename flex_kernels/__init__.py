@@ -6,6 +6,10 @@
 
 Each is also registered as a torch.library triton_op (``torch.ops.flex_triton.*``), so
 torch.compile traces through it. Set TRITON_INTERPRET=1 before importing triton to run on the CPU.
+
+flex.ops validates the public input rules; these entry points check only what their kernels
+need (dtypes, shapes, strides, block limits), on the host, and mask device-side indices
+(ring slots, frame offsets) so that out-of-range values never touch memory outside a tensor.
 """
 from ._common import INTERPRET, SUPPORTED_DTYPES
 from .attention import ring_attention

@@ -22,26 +22,26 @@ import time
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 
-def _signature(fn, pointers: dict, floats: set, constexprs: dict) -> dict:
+def _signature(fn, pointers: dict, scalars: dict, constexprs: dict) -> dict:
+    """Every argument's type: pointers and scalars as given, the other ints i32 (Triton passes
+    an int as i64 only from 2**31 on: ``scalars`` names those variants)."""
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name in pointers:
             sig[name] = pointers[name]
-        elif name in floats:
-            sig[name] = "fp32"
         else:
-            sig[name] = "i32"
+            sig[name] = scalars.get(name, "i32")
     return sig
 
 
-def _compile(fn, pointers, floats, constexprs, arch, num_warps, num_stages):
+def _compile(fn, pointers, scalars, constexprs, arch, num_warps, num_stages):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn, _signature(fn, pointers, floats, constexprs), constexprs)
+    src = ASTSource(fn, _signature(fn, pointers, scalars, constexprs), constexprs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
     return kernel.metadata.shared
@@ -69,8 +69,14 @@ def attention_variants(quick: bool):
                                         lse_ptr="*fp32", sf_ptr="*i64", kf_ptr="*fp32", qff_ptr="*i64")
                         name = (f"ring_attention {dt} D={head_dim} rotate={rotate} causal={causal} "
                                 f"M{cfg.kwargs['BLOCK_M']} N{cfg.kwargs['BLOCK_N']} w{cfg.num_warps} s{cfg.num_stages}")
+                        # Frame scalars as Triton passes them: int64 from 2**31 on, a constexpr when 1.
+                        scalars = {"qk_scale": "fp32"}
+                        if causal and rotate:
+                            scalars.update(q_first_frame="i64", chunk_frames="i64")
+                        elif causal:
+                            constexprs.update(q_first_frame=1, chunk_frames=1, s_sf=1)
                         # fp32 tiles may exceed shared memory: the autotuner skips those configs.
-                        yield name, fn, pointers, {"qk_scale"}, constexprs, cfg.num_warps, cfg.num_stages, dt != "fp32"
+                        yield name, fn, pointers, scalars, constexprs, cfg.num_warps, cfg.num_stages, dt != "fp32"
 
 
 def rope_variants(quick: bool):
@@ -90,7 +96,10 @@ def rope_variants(quick: bool):
                 for cfg in rope._CONFIGS:
                     name = (f"norm_rope_cache {dt} H={heads} D={head_dim} kv={has_kv} norms={norms} "
                             f"dev_offset={offset_ptr} rot_k_t={rot_k} w{cfg.num_warps}")
-                    yield name, fn, pointers, {"eps"}, constexprs, cfg.num_warps, cfg.num_stages, True
+                    scalars = {"eps": "fp32"}
+                    if not offset_ptr:
+                        scalars["frame_offset"] = "i64"  # a host offset past 2**31
+                    yield name, fn, pointers, scalars, constexprs, cfg.num_warps, cfg.num_stages, True
 
 
 def main(argv=None) -> int:
@@ -105,9 +114,9 @@ def main(argv=None) -> int:
     failures = 0
     start = time.time()
     for variants in (rope_variants(args.quick), attention_variants(args.quick)):
-        for name, fn, pointers, floats, constexprs, warps, stages, must_fit in variants:
+        for name, fn, pointers, scalars, constexprs, warps, stages, must_fit in variants:
             try:
-                shared = _compile(fn, pointers, floats, constexprs, args.arch, warps, stages)
+                shared = _compile(fn, pointers, scalars, constexprs, args.arch, warps, stages)
             except Exception as err:  # noqa: BLE001 - report every failing variant
                 failures += 1
                 print(f"FAIL {name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")

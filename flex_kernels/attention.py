@@ -16,6 +16,13 @@ Rotate-on-load (key_freqs_t [n_slots, C_t, 2]): the head dim is split into even 
 halves through stride-2 pointers, each key's first C_t planes are rotated by its slot's
 (cos, sin) in registers, and q.k = dot(q_even, k_even^T) + dot(q_odd, k_odd^T).
 
+Block-causal visibility is computed without overflow for any int64 frames: a key of frame
+kf >= q_first_frame is in chunk (kf - q_first_frame) // chunk_frames and is visible to query
+chunks at or after it; keys before q_first_frame are visible to all (the same mask as
+kf < q_first_frame + (chunk + 1) * chunk_frames, whose right side may pass 2**63). Pointer
+offsets are int64, so caches past 2**31 elements are addressed correctly; token indices are
+int32 (Tq, Tk < 2**31). slot_frame values are only compared, never used as addresses.
+
 Softmax runs in float32 in the log2 domain; p is rounded to v's dtype for the p.v product
 (fp32 inputs use IEEE fp32 dots, not TF32). Queries with no visible key get 0 and lse -inf.
 """
@@ -28,7 +35,10 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import autotune, check_device, check_float, launch_meta, next_pow2, register_op
+from ._common import (
+    MAX_TOKENS, autotune, check_index_vector, check_int64, check_rows, check_table, launch_meta, next_pow2,
+    register_op, split_index,
+)
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -56,11 +66,19 @@ def _dot(a, b, IEEE: tl.constexpr):
     return out
 
 
+@triton.jit
+def _key_chunk(frame, q_first, chunk_frames):
+    # The query chunk from which a key of this frame is visible: -1 (all) before q_first, else
+    # (frame - q_first) // chunk_frames. With 0 <= q_first <= frame, frame - q_first cannot overflow.
+    return tl.where(frame < q_first, -1, (frame - q_first) // chunk_frames)
+
+
 @autotune(configs=_CONFIGS, key=["Tq", "Tk", "HEAD_DIM", "ROTATE", "CAUSAL"], fixed=_FIXED)
 @triton.jit
 def _ring_attention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, sf_ptr, kf_ptr, qff_ptr,
     Tq, Tk, H, n_slots, tpf, q_first_frame, chunk_frames, qk_scale,
+    s_sf,
     s_qb, s_qt, s_qh,
     s_kb, s_kt, s_kh,
     s_vb, s_vt, s_vh,
@@ -81,16 +99,16 @@ def _ring_attention_kernel(
 
     # ---- key range: the slots visible to at least one query of this block
     slots = tl.arange(0, BLOCK_S)
-    slot_frame = tl.load(sf_ptr + slots, mask=slots < n_slots, other=-1)
+    slot_frame = tl.load(sf_ptr + slots * s_sf, mask=slots < n_slots, other=-1)
     slot_vis = slot_frame >= 0
     if CAUSAL:
         if QFF_PTR:
             q_first = tl.load(qff_ptr).to(tl.int64)
         else:
-            q_first = q_first_frame
-        q_end = q_first + ((offs_m // tpf) // chunk_frames + 1) * chunk_frames  # [BLOCK_M]
-        block_end = tl.max(tl.where(m_in, q_end, 0), axis=0)
-        slot_vis = slot_vis & (slot_frame < block_end)
+            q_first = q_first_frame  # i32, i64 or a constexpr 1; frame - q_first is int64 either way
+        q_chunk = (offs_m // tpf) // chunk_frames  # [BLOCK_M]
+        block_chunk = tl.max(tl.where(m_in, q_chunk, 0), axis=0)
+        slot_vis = slot_vis & (_key_chunk(slot_frame, q_first, chunk_frames) <= block_chunk)
     lo_slot = tl.min(tl.where(slot_vis, slots, BLOCK_S), axis=0)
     hi_slot = tl.max(tl.where(slot_vis, slots + 1, 0), axis=0)
     lo = (lo_slot * tpf) // BLOCK_N * BLOCK_N
@@ -101,16 +119,17 @@ def _ring_attention_kernel(
     v_base = v_ptr + b * s_vb + h * s_vh
     dims = tl.arange(0, BLOCK_D)
     dmask = dims < HEAD_DIM
+    q_off = offs_m.to(tl.int64) * s_qt  # int64: token * stride may pass 2**31
     if ROTATE:
         planes = tl.arange(0, BLOCK_P)
         emask = 2 * planes < HEAD_DIM
         omask = 2 * planes + 1 < HEAD_DIM
         rot = planes < CT
-        q_rows = q_base + offs_m[:, None] * s_qt + 2 * planes[None, :]
+        q_rows = q_base + q_off[:, None] + 2 * planes[None, :]
         q_even = tl.load(q_rows, mask=m_in[:, None] & emask[None, :], other=0.0)
         q_odd = tl.load(q_rows + 1, mask=m_in[:, None] & omask[None, :], other=0.0)
     else:
-        q = tl.load(q_base + offs_m[:, None] * s_qt + dims[None, :], mask=m_in[:, None] & dmask[None, :], other=0.0)
+        q = tl.load(q_base + q_off[:, None] + dims[None, :], mask=m_in[:, None] & dmask[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -119,10 +138,12 @@ def _ring_attention_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_slot = offs_n // tpf
-        key_frame = tl.load(sf_ptr + key_slot, mask=offs_n < Tk, other=-1)
+        key_frame = tl.load(sf_ptr + key_slot * s_sf, mask=offs_n < Tk, other=-1)
         key_ok = key_frame >= 0
+        k_off = offs_n.to(tl.int64) * s_kt
+        v_off = offs_n.to(tl.int64) * s_vt
         if ROTATE:
-            k_rows = k_base + offs_n[:, None] * s_kt + 2 * planes[None, :]
+            k_rows = k_base + k_off[:, None] + 2 * planes[None, :]
             k_even = tl.load(k_rows, mask=key_ok[:, None] & emask[None, :], other=0.0).to(tl.float32)
             k_odd = tl.load(k_rows + 1, mask=key_ok[:, None] & omask[None, :], other=0.0).to(tl.float32)
             cs_rows = kf_ptr + key_slot[:, None] * s_kf + 2 * planes[None, :]
@@ -134,11 +155,11 @@ def _ring_attention_kernel(
             s = _dot(q_even, tl.trans(k_even_r), IEEE_DOT)
             s += _dot(q_odd, tl.trans(k_odd_r), IEEE_DOT)
         else:
-            k = tl.load(k_base + offs_n[:, None] * s_kt + dims[None, :], mask=key_ok[:, None] & dmask[None, :], other=0.0)
+            k = tl.load(k_base + k_off[:, None] + dims[None, :], mask=key_ok[:, None] & dmask[None, :], other=0.0)
             s = _dot(q, tl.trans(k), IEEE_DOT)
         visible = key_ok[None, :]
         if CAUSAL:
-            visible = visible & (key_frame[None, :] < q_end[:, None])
+            visible = visible & (_key_chunk(key_frame, q_first, chunk_frames)[None, :] <= q_chunk[:, None])
         s = tl.where(visible, s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # Rows that have seen no key yet keep m = -inf; shift them by 0 so exp2 gives 0, not NaN.
@@ -146,14 +167,14 @@ def _ring_attention_kernel(
         alpha = tl.exp2(m_i - m_shift)
         p = tl.exp2(s - m_shift[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + offs_n[:, None] * s_vt + dims[None, :], mask=key_ok[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_base + v_off[:, None] + dims[None, :], mask=key_ok[:, None] & dmask[None, :], other=0.0)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE_DOT)
         m_i = m_new
 
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
     out = tl.where(has_key[:, None], out, 0.0)
-    o_rows = o_ptr + b * s_ob + h * s_oh + offs_m[:, None] * s_ot + dims[None, :]
+    o_rows = o_ptr + b * s_ob + h * s_oh + (offs_m.to(tl.int64) * s_ot)[:, None] + dims[None, :]
     tl.store(o_rows, out.to(o_ptr.dtype.element_ty), mask=m_in[:, None] & dmask[None, :])
     if STORE_LSE:
         lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
@@ -194,6 +215,7 @@ def _ring_attention_op(
         q, k_cache, v_cache, out, lse if return_lse else out, slot_frame, kf,
         q_first_frame_t if q_first_frame_t is not None else slot_frame,
         tq, tk, h, n_slots, tokens_per_frame, q_first_frame, max(chunk_frames, 1), scale * LOG2E,
+        slot_frame.stride(0),
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -216,45 +238,40 @@ def ring_attention(
 
     Same semantics as :func:`flex.reference.ring_attention`. q, k_cache, v_cache may be
     token-strided (last dim contiguous); head dims up to 256 (powers of two are fastest).
-    ``q_first_frame`` is an int or a one-element int32/int64 device tensor (no host sync).
-    Returns out (contiguous, q's dtype), or (out, lse [B, H, Tq] float32) when ``return_lse``.
+    ``q_first_frame`` is an int or a one-element int32/int64 device tensor (no host sync; a
+    device value must be >= 0, like the int). Returns out (contiguous, q's dtype), or
+    (out, lse [B, H, Tq] float32) when ``return_lse``. Checks only what the kernel needs
+    (flex.ops.ring_attention validates the rest).
     """
-    if not isinstance(q, torch.Tensor) or q.dim() != 4:
-        raise ValueError("q must be a 4-D tensor [B, Tq, H, D]")
-    check_float("q", q)
-    check_device("q", q, q.device)
+    check_rows("q", q, q.device)
     b, tq, h, d = q.shape
     if d > MAX_HEAD_DIM:
         raise ValueError(f"head dim must be <= {MAX_HEAD_DIM} for the Triton ring attention, got {d}")
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_rows(name, c, q.device)
+        # tl.dot takes operands of one dtype.
+        if c.shape[0] != b or c.shape[2:] != q.shape[2:] or c.dtype != q.dtype:
+            raise ValueError(f"{name} must be [B={b}, n_keys, H={h}, D={d}] {q.dtype}, got {tuple(c.shape)} {c.dtype}")
+    tk = k_cache.shape[1]
+    if v_cache.shape[1] != tk:
+        raise ValueError("k_cache and v_cache must hold the same number of keys")
+    if max(tq, tk) > MAX_TOKENS:
+        raise ValueError(f"q and the caches must hold at most {MAX_TOKENS} tokens, got {tq} and {tk}")
     if not isinstance(tokens_per_frame, int) or tokens_per_frame < 1:
         raise ValueError(f"tokens_per_frame must be an int >= 1, got {tokens_per_frame!r}")
-    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if x.stride(-1) != 1:
-            raise ValueError(f"the last dimension of {name} must be contiguous")
-    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if (not isinstance(c, torch.Tensor) or c.dim() != 4 or c.shape[0] != b or c.shape[2:] != q.shape[2:]
-                or c.dtype != q.dtype or c.device != q.device):
-            raise ValueError(f"{name} must be [B={b}, n_keys, H={h}, D={d}] {q.dtype} on {q.device}")
-    if k_cache.shape[1] != v_cache.shape[1]:
-        raise ValueError("k_cache and v_cache must hold the same number of keys")
-    if (not isinstance(slot_frame, torch.Tensor) or slot_frame.dim() != 1 or slot_frame.dtype != torch.int64
-            or slot_frame.device != q.device or slot_frame.numel() * tokens_per_frame != k_cache.shape[1]):
-        raise ValueError(f"slot_frame must be a 1-D int64 tensor on {q.device} with k_cache.shape[1] / tokens_per_frame entries")
-    if not isinstance(chunk_frames, int) or chunk_frames < 0:
-        raise ValueError(f"chunk_frames must be an int >= 0, got {chunk_frames!r}")
-    if isinstance(q_first_frame, torch.Tensor):
-        if q_first_frame.numel() != 1 or q_first_frame.dtype not in (torch.int32, torch.int64) or q_first_frame.device != q.device:
-            raise ValueError(f"a tensor q_first_frame must hold one int32/int64 value on {q.device}")
-        qff, qff_t = 0, q_first_frame.reshape(1)
-    elif isinstance(q_first_frame, int) and q_first_frame >= 0:
-        qff, qff_t = q_first_frame, None
-    else:
-        raise ValueError(f"q_first_frame must be an int >= 0 or a one-element int device tensor, got {q_first_frame!r}")
+    # Key j reads slot_frame[j // tokens_per_frame]: one entry per frame of the cache.
+    if tk % tokens_per_frame:
+        raise ValueError(f"slot_frame needs k_cache.shape[1] / tokens_per_frame entries, but {tk} keys are "
+                         f"not a multiple of tokens_per_frame = {tokens_per_frame}")
+    check_index_vector("slot_frame", slot_frame, q.device, (torch.int64,), tk // tokens_per_frame)
+    # The block-causal mask is exact for any int64 frames when q_first_frame >= 0.
+    qff, qff_t = split_index("q_first_frame", q_first_frame, q.device, 0)
+    check_int64("chunk_frames", chunk_frames, 0)
     if key_freqs_t is not None:
-        if (not isinstance(key_freqs_t, torch.Tensor) or key_freqs_t.dim() != 3 or key_freqs_t.shape[0] != slot_frame.numel()
-                or key_freqs_t.shape[2] != 2 or 2 * key_freqs_t.shape[1] > d or key_freqs_t.device != q.device
-                or not key_freqs_t.is_floating_point()):
-            raise ValueError(f"key_freqs_t must be a floating [n_slots={slot_frame.numel()}, C_t <= D/2, 2] tensor on {q.device}")
+        check_table("key_freqs_t", key_freqs_t, q.device)
+        if key_freqs_t.shape[0] != slot_frame.numel() or 2 * key_freqs_t.shape[1] > d:
+            raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t <= D/2, 2], "
+                             f"got {tuple(key_freqs_t.shape)}")
     scale = d ** -0.5 if scale is None else float(scale)
     out, lse = _ring_attention_op(
         q, k_cache, v_cache, slot_frame, tokens_per_frame, qff, qff_t, chunk_frames, scale,

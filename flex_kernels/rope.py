@@ -14,6 +14,13 @@ All math is float32; each output is rounded once on store.
 
 The frame offset is either a host int or a device int tensor read inside the kernel, so a
 step can be captured in a CUDA graph without baking the offset in.
+
+Device indices are range-masked, never trusted (no host sync can check them):
+  * a frame whose ring slot (frame_slots) is outside [0, n_slots) gets its rotated q but no
+    cache write, like the CUDA kernel;
+  * a frame whose temporal row (frame offset + f) is outside freqs_t reads no table row: its
+    temporal planes are left unrotated (cos 1, sin 0).
+flex.ops rejects both on the host where it can; these rules keep direct callers memory safe.
 """
 from __future__ import annotations
 
@@ -24,7 +31,10 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import autotune, check_device, check_float, launch_meta, next_pow2, register_op
+from ._common import (
+    INDEX_DTYPES, INT64_MIN, TABLE_DTYPES, autotune, check_device, check_index_vector, check_rows, check_table,
+    launch_meta, next_pow2, register_op, split_index,
+)
 
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 2, 4, 8)]
 
@@ -34,14 +44,14 @@ _CONFIGS = [triton.Config({}, num_warps=w, num_stages=1) for w in (1, 2, 4, 8)]
 def _norm_rope_cache_kernel(
     q_ptr, k_ptr, v_ptr, qo_ptr, kc_ptr, vc_ptr, wq_ptr, wk_ptr,
     ft_ptr, fh_ptr, fw_ptr, off_ptr, slot_ptr,
-    H, D, grid_w, tpf, frame_offset, eps,
+    H, D, grid_w, tpf, frame_offset, n_rows_t, n_slots, eps,
     s_qb, s_qt, s_qh,
     s_kb, s_kt, s_kh,
     s_vb, s_vt, s_vh,
     s_ob, s_ot, s_oh,
     s_kcb, s_kct, s_kch,
     s_vcb, s_vct, s_vch,
-    s_ft, s_fh, s_fw,
+    s_ft, s_fh, s_fw, s_slot,
     CT: tl.constexpr, CH: tl.constexpr,
     HAS_QW: tl.constexpr, HAS_KW: tl.constexpr, HAS_KV: tl.constexpr,
     OFFSET_PTR: tl.constexpr, ROT_K_T: tl.constexpr,
@@ -58,7 +68,7 @@ def _norm_rope_cache_kernel(
     else:
         row_t = frame_offset + f
 
-    heads = tl.arange(0, BLOCK_H)
+    heads = tl.arange(0, BLOCK_H).to(tl.int64)  # head offsets: heads * stride may pass 2**31
     planes = tl.arange(0, BLOCK_P)
     n_planes = D // 2
     pmask = planes < n_planes
@@ -67,12 +77,13 @@ def _norm_rope_cache_kernel(
 
     # Per-plane (cos, sin): temporal planes first, then height, then width.
     is_t = planes < CT
+    row_t_ok = (row_t >= 0) & (row_t < n_rows_t)
     is_h = (planes >= CT) & (planes < CT + CH)
     is_w = (planes >= CT + CH) & pmask
     p_h = tl.maximum(planes - CT, 0)
     p_w = tl.maximum(planes - CT - CH, 0)
-    cos_t = tl.load(ft_ptr + row_t * s_ft + 2 * planes, mask=is_t, other=1.0).to(tl.float32)
-    sin_t = tl.load(ft_ptr + row_t * s_ft + 2 * planes + 1, mask=is_t, other=0.0).to(tl.float32)
+    cos_t = tl.load(ft_ptr + row_t * s_ft + 2 * planes, mask=is_t & row_t_ok, other=1.0).to(tl.float32)
+    sin_t = tl.load(ft_ptr + row_t * s_ft + 2 * planes + 1, mask=is_t & row_t_ok, other=0.0).to(tl.float32)
     cos_h = tl.load(fh_ptr + row_h * s_fh + 2 * p_h, mask=is_h, other=1.0).to(tl.float32)
     sin_h = tl.load(fh_ptr + row_h * s_fh + 2 * p_h + 1, mask=is_h, other=0.0).to(tl.float32)
     cos_w = tl.load(fw_ptr + row_w * s_fw + 2 * p_w, mask=is_w, other=1.0).to(tl.float32)
@@ -96,12 +107,15 @@ def _norm_rope_cache_kernel(
     tl.store(o_row + 1, (qe * sin + qo * cos).to(qo_ptr.dtype.element_ty), mask=mask)
 
     if HAS_KV:
-        slot = tl.load(slot_ptr + f).to(tl.int64)
+        slot = tl.load(slot_ptr + f * s_slot).to(tl.int64)
+        # A slot outside the cache writes nothing (and loads no k, v).
+        slot_ok = (slot >= 0) & (slot < n_slots)
+        kv_mask = mask & slot_ok
         c_tok = slot * tpf + hw
         # ---- k: norm, rotate (temporal planes optionally left for rotate-on-load), store in slot
         k_row = k_ptr + b * s_kb + t * s_kt + heads[:, None] * s_kh + 2 * planes[None, :]
-        ke = tl.load(k_row, mask=mask, other=0.0).to(tl.float32)
-        ko = tl.load(k_row + 1, mask=mask, other=0.0).to(tl.float32)
+        ke = tl.load(k_row, mask=kv_mask, other=0.0).to(tl.float32)
+        ko = tl.load(k_row + 1, mask=kv_mask, other=0.0).to(tl.float32)
         if HAS_KW:
             rk = tl.rsqrt(tl.sum(tl.sum(ke * ke + ko * ko, axis=1), axis=0) / width + eps)
             ke = ke * rk * tl.load(wk_ptr + w_off, mask=mask, other=0.0).to(tl.float32)
@@ -113,11 +127,11 @@ def _norm_rope_cache_kernel(
             cos_k = tl.where(is_t[None, :], 1.0, cos)
             sin_k = tl.where(is_t[None, :], 0.0, sin)
         kc_row = kc_ptr + b * s_kcb + c_tok * s_kct + heads[:, None] * s_kch + 2 * planes[None, :]
-        tl.store(kc_row, (ke * cos_k - ko * sin_k).to(kc_ptr.dtype.element_ty), mask=mask)
-        tl.store(kc_row + 1, (ke * sin_k + ko * cos_k).to(kc_ptr.dtype.element_ty), mask=mask)
+        tl.store(kc_row, (ke * cos_k - ko * sin_k).to(kc_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(kc_row + 1, (ke * sin_k + ko * cos_k).to(kc_ptr.dtype.element_ty), mask=kv_mask)
         # ---- v: copy into the slot
         dims = tl.arange(0, 2 * BLOCK_P)
-        vmask = (heads < H)[:, None] & (dims < D)[None, :]
+        vmask = (heads < H)[:, None] & (dims < D)[None, :] & slot_ok
         v_val = tl.load(v_ptr + b * s_vb + t * s_vt + heads[:, None] * s_vh + dims[None, :], mask=vmask, other=0.0)
         vc_row = vc_ptr + b * s_vcb + c_tok * s_vct + heads[:, None] * s_vch + dims[None, :]
         tl.store(vc_row, v_val.to(vc_ptr.dtype.element_ty), mask=vmask)
@@ -132,19 +146,20 @@ def _launch(q, k, v, q_out, k_cache, v_cache, wq, wk, ft, fh, fw, off_t, slots,
             grid_w, tpf, frame_offset, eps, has_kv, rotate_k_temporal):
     b, t, h, d = q.shape
     ct, ch = ft.shape[1], fh.shape[1]
+    n_slots = k_cache.shape[1] // tpf if has_kv else 0
     # Unused pointer arguments get a read-only input (never dereferenced: constexpr-disabled).
     wrap_triton(_norm_rope_cache_kernel)[(t, b)](
         q, k, v, q_out, k_cache, v_cache,
         wq if wq is not None else q, wk if wk is not None else q,
         ft, fh, fw, off_t if off_t is not None else slots, slots,
-        h, d, grid_w, tpf, frame_offset, eps,
+        h, d, grid_w, tpf, frame_offset, ft.shape[0], n_slots, eps,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         q_out.stride(0), q_out.stride(1), q_out.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        ft.stride(0), fh.stride(0), fw.stride(0),
+        ft.stride(0), fh.stride(0), fw.stride(0), slots.stride(0),
         CT=ct, CH=ch,
         HAS_QW=wq is not None, HAS_KW=wk is not None, HAS_KV=has_kv,
         OFFSET_PTR=off_t is not None, ROT_K_T=rotate_k_temporal,
@@ -182,67 +197,44 @@ def _rope3d_op(
 ) -> torch.Tensor:
     ft, fh, fw = _tables(freqs_t, freqs_h, freqs_w)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    # k/v/cache arguments are x/out placeholders; HAS_KV=False never touches them.
+    # k/v/cache/slot arguments are placeholders; HAS_KV=False never touches them.
     _launch(x, x, x, out, x, x, None, None, ft, fh, fw, frame_offset_t, ft,
             grid_w, grid_h * grid_w, frame_offset, 1.0, False, True)
     return out
 
 
-# ------------------------------------------------------------------ validation + public API
+# ------------------------------------------------------------------ kernel preconditions + public API
 
 
 def _check_rope_args(name, x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"{name} must be a 4-D tensor [B, T, H, D]")
-    check_float(name, x)
-    check_device(name, x, x.device)
-    d = x.shape[-1]
-    if d % 2:
-        raise ValueError(f"the head dim of {name} must be even, got {d}")
-    if x.stride(-1) != 1:
-        raise ValueError(f"the last dimension (head dim) of {name} must be contiguous")
+    """What the kernel needs of x, the tables, the grid and the frame offset; returns the
+    offset split into (host int, device tensor or None)."""
+    check_rows(name, x, x.device)
     for fname, f in (("freqs_t", freqs_t), ("freqs_h", freqs_h), ("freqs_w", freqs_w)):
-        if not isinstance(f, torch.Tensor) or f.dim() != 3 or f.shape[-1] != 2:
-            raise ValueError(f"{fname} must be a [N, C, 2] (cos, sin) tensor")
-        if f.device != x.device or not f.is_floating_point():
-            raise ValueError(f"{fname} must be a floating tensor on {x.device}")
-    if 2 * (freqs_t.shape[1] + freqs_h.shape[1] + freqs_w.shape[1]) != d:
-        raise ValueError(f"freqs_t/h/w planes must add up to head dim / 2 = {d // 2}")
+        check_table(fname, f, x.device)
+    d = x.shape[-1]
+    # Every plane of the head dim reads its (cos, sin) from exactly one table.
+    planes = freqs_t.shape[1] + freqs_h.shape[1] + freqs_w.shape[1]
+    if 2 * planes != d:
+        raise ValueError(f"freqs_t/h/w have {planes} planes in all but head dim {d} needs {d // 2}")
     for gname, g in (("grid_h", grid_h), ("grid_w", grid_w)):
         if not isinstance(g, int) or g < 1:
             raise ValueError(f"{gname} must be an int >= 1, got {g!r}")
     if x.shape[1] % (grid_h * grid_w):
         raise ValueError(f"token count {x.shape[1]} is not a multiple of grid_h * grid_w = {grid_h * grid_w}")
-    if isinstance(frame_offset, torch.Tensor):
-        if frame_offset.numel() != 1 or frame_offset.dtype not in (torch.int32, torch.int64):
-            raise ValueError("a tensor frame_offset must hold one int32/int64 value")
-        if frame_offset.device != x.device:
-            raise ValueError(f"frame_offset must be on {x.device}, got {frame_offset.device}")
-    elif not isinstance(frame_offset, int) or frame_offset < 0:
-        raise ValueError(f"frame_offset must be an int >= 0 or a one-element int device tensor, got {frame_offset!r}")
-    elif frame_offset + x.shape[1] // (grid_h * grid_w) > freqs_t.shape[0]:
-        raise ValueError(f"freqs_t has {freqs_t.shape[0]} rows but frames up to "
-                         f"{frame_offset + x.shape[1] // (grid_h * grid_w)} are needed")
-    # (A device frame_offset cannot be checked without a sync: rows past the table are the
-    # caller's responsibility, as with any index tensor.)
     if grid_h > freqs_h.shape[0] or grid_w > freqs_w.shape[0]:
         raise ValueError(f"freqs_h/freqs_w ({freqs_h.shape[0]}, {freqs_w.shape[0]} rows) are smaller than the grid ({grid_h}, {grid_w})")
-
-
-def _split_offset(frame_offset):
-    if isinstance(frame_offset, torch.Tensor):
-        return 0, frame_offset.reshape(1)
-    return int(frame_offset), None
+    # Any int64 offset is safe: temporal rows outside freqs_t are masked in the kernel.
+    return split_index("frame_offset", frame_offset, x.device, INT64_MIN)
 
 
 def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0):
     """Wan 3D RoPE of x [B, T, H, D] (tokens in (f, h, w) order); returns a contiguous tensor.
 
     ``frame_offset`` is an int or a one-element int32/int64 tensor on x's device (read by the
-    kernel: no host sync).
+    kernel: no host sync). Checks only what the kernel needs (flex.ops.rope3d validates the rest).
     """
-    _check_rope_args("x", x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
-    off, off_t = _split_offset(frame_offset)
+    off, off_t = _check_rope_args("x", x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
     return _rope3d_op(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, off, off_t)
 
 
@@ -253,32 +245,31 @@ def norm_rope_cache_write(
     """RMSNorm (over H*D, where a weight is given) + 3D RoPE of q and k; k, v into ring slots.
 
     Same semantics as :func:`flex.reference.norm_rope_cache_write`. q, k, v [B, T, H, D] may
-    be token-strided (e.g. slices of a fused qkv tensor); the caches are contiguous
-    [B, n_slots * tpf, H, D]; ``frame_slots`` [F] int32/int64 on the device. Returns the
-    rotated q (contiguous, q's dtype).
+    be token-strided (e.g. slices of a fused qkv tensor), and so may the caches
+    [B, n_slots * tpf, H, D]; ``frame_slots`` [F] int32/int64 on the device. A frame whose slot
+    is outside [0, n_slots) writes nothing to the caches. Returns the rotated q (contiguous, q's
+    dtype). Checks only what the kernel needs (flex.ops.norm_rope_cache_write validates the rest).
     """
-    _check_rope_args("q", q, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
+    off, off_t = _check_rope_args("q", q, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
     b, t, h, d = q.shape
     tpf = grid_h * grid_w
+    for name, x in (("k", k), ("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_rows(name, x, q.device)
     for name, x in (("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.shape != q.shape or x.dtype != q.dtype or x.device != q.device:
-            raise ValueError(f"{name} must match q: {tuple(q.shape)} {q.dtype} on {q.device}")
-        if x.stride(-1) != 1:
-            raise ValueError(f"the last dimension of {name} must be contiguous")
-    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if (not isinstance(c, torch.Tensor) or c.dim() != 4 or c.shape[0] != b or c.shape[2:] != q.shape[2:]
-                or c.shape[1] % tpf or c.device != q.device or c.stride(-1) != 1):
-            raise ValueError(f"{name} must be [B={b}, n_slots*{tpf}, H={h}, D={d}] on {q.device} with a contiguous last dim")
-        check_float(name, c)
+        if x.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, got {tuple(x.shape)}")
+    if k_cache.shape[0] != b or k_cache.shape[2:] != q.shape[2:] or v_cache.shape != k_cache.shape:
+        # One slot range for both caches: the kernel masks every slot against k_cache's size.
+        raise ValueError(f"k_cache and v_cache must both be [B={b}, n_slots*{tpf}, H={h}, D={d}], "
+                         f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     for name, w in (("norm_q_weight", norm_q_weight), ("norm_k_weight", norm_k_weight)):
-        if w is not None and (w.numel() != h * d or w.device != q.device or not w.is_floating_point()):
-            raise ValueError(f"{name} must be a floating tensor of H*D = {h * d} elements on {q.device}")
-    if (not isinstance(frame_slots, torch.Tensor) or frame_slots.dim() != 1 or frame_slots.numel() != t // tpf
-            or frame_slots.dtype not in (torch.int32, torch.int64) or frame_slots.device != q.device):
-        raise ValueError(f"frame_slots must be a 1-D int32/int64 tensor of {t // tpf} slots on {q.device}")
-    if not eps > 0:
+        if w is not None:
+            if not isinstance(w, torch.Tensor) or w.numel() != h * d or w.dtype not in TABLE_DTYPES:
+                raise ValueError(f"{name} must be a floating tensor of H*D = {h * d} elements")
+            check_device(name, w, q.device)
+    check_index_vector("frame_slots", frame_slots, q.device, INDEX_DTYPES, t // tpf)
+    if not eps > 0:  # rsqrt(mean + eps) of an all-zero row
         raise ValueError(f"eps must be > 0, got {eps!r}")
-    off, off_t = _split_offset(frame_offset)
     return _norm_rope_cache_write_op(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
         off, off_t, k_cache, v_cache, frame_slots, bool(rotate_k_temporal),

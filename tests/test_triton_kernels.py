@@ -313,6 +313,289 @@ def test_invalid_inputs_raise_value_error():
                                  torch.tensor([0, 1], device=DEVICE))
 
 
+# --------------------------------------------------------------------------- memory safety
+#
+# Device indices (ring slots, frame offsets, slot frames) are never range-checked on the host
+# (that would need a sync), so the kernels mask them. The interpreter does not fault on a stray
+# access like a GPU would: each test puts what a kernel must not overrun inside a larger guard
+# tensor holding sentinels, and checks that no sentinel changed (stores) or reached an output
+# (loads: NaN sentinels), for indices past every end.
+
+SENTINEL = 1234.0  # exact in float16
+SMALL_GRID = (2, 3)  # 6 tokens per frame: the write kernel runs one program per token
+SMALL_TPF = SMALL_GRID[0] * SMALL_GRID[1]
+
+
+def guarded(batch, tokens, head_dim, dtype, before=SMALL_TPF, after=SMALL_TPF):
+    """(guard, view): a [B, tokens, H, D] view into a sentinel-filled guard with `before` /
+    `after` extra tokens (for batch > 1 the view is batch-strided, sentinels between batches)."""
+    guard = torch.full((batch, before + tokens + after, HEADS, head_dim), SENTINEL, dtype=dtype, device=DEVICE)
+    return guard, guard[:, before:before + tokens]
+
+
+def assert_guard_intact(guard, view, what):
+    outside = torch.ones(guard.shape[:2], dtype=torch.bool, device=guard.device)
+    start = view.storage_offset() // guard.stride(1)
+    outside[:, start:start + view.shape[1]] = False
+    assert (guard[outside] == SENTINEL).all(), f"{what}: written outside the cache"
+
+
+def write_reference(q, k, v, ft, fh, fw, grid, offset, n_slots, slots, dtype):
+    """Reference q and caches for possibly out-of-range slots: a frame with a slot outside
+    [0, n_slots) goes to a scratch slot past the cache, i.e. it changes nothing in it."""
+    b, t, h, d = q.shape
+    tpf = grid[0] * grid[1]
+    scratch = [s if 0 <= s < n_slots else n_slots + f for f, s in enumerate(slots)]
+    k_ref = torch.full((b, (n_slots + len(slots)) * tpf, h, d), SENTINEL, dtype=dtype, device=DEVICE)
+    v_ref = k_ref.clone()
+    q_ref = reference.norm_rope_cache_write(q, k, v, None, None, 1e-6, ft, fh, fw, *grid, offset, k_ref, v_ref,
+                                            torch.tensor(scratch, device=DEVICE))
+    return q_ref, k_ref[:, :n_slots * tpf], v_ref[:, :n_slots * tpf]
+
+
+@pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("via", ["flex_kernels", "ops"])
+def test_out_of_range_slots_write_nothing(via, slot_dtype):
+    """Frames whose slot is outside [0, n_slots) get their rotated q and no cache write."""
+    head_dim, dtype, n_slots = 32, torch.float16, 3
+    far = 2**40 if slot_dtype == torch.int64 else 2**31 - 1
+    slots = [1, -1, n_slots, 10**8, -(10**8), far, 0]
+    batch = 1 if via == "ops" else 2  # flex.ops takes contiguous caches only
+    frames = len(slots)
+    q, k, v = (randn(batch, frames * SMALL_TPF, HEADS, head_dim, dtype=dtype, seed=60 + i) for i in range(3))
+    ft, fh, fw = Rope3D.for_wan(head_dim, "flex", length=480).tables(0, frames, *SMALL_GRID, device=DEVICE)
+    k_guard, k_cache = guarded(batch, n_slots * SMALL_TPF, head_dim, dtype)
+    v_guard, v_cache = guarded(batch, n_slots * SMALL_TPF, head_dim, dtype)
+    frame_slots = torch.tensor(slots, dtype=slot_dtype, device=DEVICE)
+    args = (q, k, v, None, None, 1e-6, ft, fh, fw, *SMALL_GRID, 0, k_cache, v_cache, frame_slots)
+    q_out = ops.norm_rope_cache_write(*args, backend="triton") if via == "ops" else fk.norm_rope_cache_write(*args)
+    q_ref, k_ref, v_ref = write_reference(q, k, v, ft, fh, fw, SMALL_GRID, 0, n_slots, slots, dtype)
+    assert_close(q_out, q_ref, dtype, "q of every frame, in range or not")
+    assert_guard_intact(k_guard, k_cache, "k_cache")
+    assert_guard_intact(v_guard, v_cache, "v_cache")
+    written = slice(0, 2 * SMALL_TPF)  # slots 0 and 1
+    assert_close(k_cache[:, written], k_ref[:, written], dtype, "k_cache slots 0, 1")
+    assert torch.equal(v_cache, v_ref)
+    assert (k_cache[:, 2 * SMALL_TPF:] == SENTINEL).all(), "slot 2 is in no frame_slots entry"
+
+
+def test_strided_frame_slots():
+    """frame_slots may be a strided view: the kernel reads its entries, not the gaps."""
+    head_dim, dtype, n_slots = 32, torch.float32, 3
+    q, k, v = (randn(1, 2 * SMALL_TPF, HEADS, head_dim, dtype=dtype, seed=70 + i) for i in range(3))
+    ft, fh, fw = Rope3D.for_wan(head_dim, "flex", length=480).tables(0, 2, *SMALL_GRID, device=DEVICE)
+    backing = torch.tensor([2, 0, 1, 0], device=DEVICE)  # the gaps hold slot 0
+    k_guard, k_cache = guarded(1, n_slots * SMALL_TPF, head_dim, dtype)
+    v_guard, v_cache = guarded(1, n_slots * SMALL_TPF, head_dim, dtype)
+    fk.norm_rope_cache_write(q, k, v, None, None, 1e-6, ft, fh, fw, *SMALL_GRID, 0, k_cache, v_cache, backing[::2])
+    _, k_ref, v_ref = write_reference(q, k, v, ft, fh, fw, SMALL_GRID, 0, n_slots, [2, 1], dtype)
+    assert_close(k_cache[:, SMALL_TPF:], k_ref[:, SMALL_TPF:], dtype, "k_cache slots 1, 2")
+    assert torch.equal(v_cache, v_ref) and (k_cache[:, :SMALL_TPF] == SENTINEL).all(), "slot 0 was written"
+
+
+def nan_guarded_table(table, rows=2):
+    """A contiguous view of `table` with `rows` NaN rows on each side (the kernels use it as is)."""
+    guard = torch.full((table.shape[0] + 2 * rows, *table.shape[1:]), float("nan"), dtype=table.dtype,
+                       device=table.device)
+    view = guard[rows:rows + table.shape[0]]
+    view.copy_(table)
+    assert view.is_contiguous()
+    return view
+
+
+def unrotated_past_table(ft, offset, frames):
+    """freqs_t rows offset .. offset + frames - 1, with (cos 1, sin 0) for rows outside ft."""
+    rows = [ft[r] if 0 <= r < ft.shape[0] else torch.stack((torch.ones_like(ft[0, :, 0]), torch.zeros_like(ft[0, :, 0])), -1)
+            for r in range(offset, offset + frames)]
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("offset", [-2, 3, 10**12, -(2**62)], ids=["before", "straddles-end", "far", "far-negative"])
+@pytest.mark.parametrize("on_device", [False, True], ids=["int", "device"])
+def test_frame_offset_outside_table_reads_no_row(offset, on_device):
+    """Temporal rows outside freqs_t are not read; those frames keep their temporal planes
+    unrotated (flex.ops rejects such offsets; a device offset cannot be checked on the host)."""
+    head_dim, dtype, frames, rows = 32, torch.float32, 3, 4
+    x, k, v = (randn(1, frames * SMALL_TPF, HEADS, head_dim, dtype=dtype, seed=80 + i) for i in range(3))
+    ft, fh, fw = Rope3D.for_wan(head_dim, "flex", length=480).tables(50, rows, *SMALL_GRID, device=DEVICE)
+    ft_guarded = nan_guarded_table(ft)
+    expected_t = unrotated_past_table(ft, offset, frames)
+    off = torch.tensor(offset, dtype=torch.int64, device=DEVICE) if on_device else offset
+    out = fk.rope3d(x, ft_guarded, fh, fw, *SMALL_GRID, off)
+    assert_close(out, reference.rope3d(x, expected_t, fh, fw, *SMALL_GRID, 0), dtype, "rope3d")
+    k_cache = torch.zeros(1, frames * SMALL_TPF, HEADS, head_dim, dtype=dtype, device=DEVICE)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.arange(frames, device=DEVICE)
+    q_out = fk.norm_rope_cache_write(x, k, v, None, None, 1e-6, ft_guarded, fh, fw, *SMALL_GRID, off,
+                                     k_cache, v_cache, slots)
+    k_ref, v_ref = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    q_ref = reference.norm_rope_cache_write(x, k, v, None, None, 1e-6, expected_t, fh, fw, *SMALL_GRID, 0,
+                                            k_ref, v_ref, slots)
+    assert_close(q_out, q_ref, dtype, "q")
+    assert_close(k_cache, k_ref, dtype, "k_cache")
+
+
+def test_key_freqs_rows_of_empty_slots_are_not_read():
+    """Rotate-on-load reads the (cos, sin) row of resident slots only: NaN rows of empty slots
+    and NaN rows around the table never reach the output."""
+    c = ATTN_CASES["partly-filled-3-chunks-of-1"]
+    q, k_cache, v_cache, k_ref, v_ref, slot_frame, key_freqs = attention_inputs(c, 32, torch.float32, True, seed=12)
+    empty = slot_frame < 0
+    poisoned = key_freqs.clone()
+    poisoned[empty] = float("nan")
+    out, lse = fk.ring_attention(q, k_cache, v_cache, slot_frame, TPF, c["q_first"], c["chunk_frames"],
+                                 key_freqs_t=nan_guarded_table(poisoned), return_lse=True)
+    ref_out, ref_lse = reference.ring_attention(q, k_ref, v_ref, slot_frame, TPF, c["q_first"], c["chunk_frames"],
+                                                key_freqs_t=key_freqs, return_lse=True)
+    check_attention(out, lse, ref_out, ref_lse, torch.float32)
+
+
+I64_MAX = 2**63 - 1
+# Block-causal masks at the ends of the int64 range, where q_first_frame + k * chunk_frames
+# passes 2**31 or 2**63. slot_frame -1 (and any negative frame) is an empty slot.
+EXTREME_CASES = {
+    "past-int32": dict(q_first=2**31 - 2, chunk=3, q_frames=6,
+                       frames=[2**31 - 7, 2**31 - 2, 2**31, 2**31 + 1, 2**31 + 4, -1, 2**31 + 5]),
+    "end-of-int64": dict(q_first=I64_MAX - 3, chunk=3, q_frames=4,
+                         frames=[I64_MAX, I64_MAX - 5, I64_MAX - 1, 0, -1, I64_MAX - 3]),
+    "sum-past-int64": dict(q_first=2**62 + 2**61, chunk=2**62, q_frames=2,
+                           frames=[I64_MAX, 2**62, 3, -5, 2**62 + 2**61]),
+    "huge-chunk": dict(q_first=0, chunk=I64_MAX, q_frames=2, frames=[I64_MAX, I64_MAX - 1, 0, -1]),
+    "chunk-past-frames": dict(q_first=2**40, chunk=2**40, q_frames=3,
+                              frames=[2**41 - 1, 2**41, 2**40, 2**39, -(2**62)]),
+}
+
+
+def small_equivalent(frames, q_first, chunk, q_frames, tpf):
+    """slot_frame, q_first_frame and chunk_frames of small size with the same visibility.
+
+    Visibility is defined with Python ints (no overflow): query i sees frame f >= 0 iff
+    f < q_first + ((i // tpf) // chunk + 1) * chunk. The small problem keeps every query's
+    chunk (chunk' = min(chunk, q_frames)) and puts each key at the start of the first query
+    chunk that sees it (or of the chunk after the last: seen by none).
+    """
+    n_chunks = (q_frames - 1) // chunk + 1
+    small_chunk = min(chunk, q_frames)
+
+    def first_chunk(f):
+        return next((c for c in range(n_chunks) if f < q_first + (c + 1) * chunk), n_chunks)
+
+    small = torch.tensor([-1 if f < 0 else 1 + first_chunk(f) * small_chunk for f in frames], dtype=torch.int64)
+    expected = torch.tensor([[f >= 0 and f < q_first + ((i // tpf) // chunk + 1) * chunk for f in frames for _ in range(tpf)]
+                             for i in range(q_frames * tpf)])
+    assert torch.equal(reference.visible_keys(small, tpf, q_frames * tpf, 1, small_chunk), expected)
+    return small.to(DEVICE), 1, small_chunk
+
+
+@pytest.mark.parametrize("q_first_on", ["int", "int64-tensor", "int32-tensor"])
+@pytest.mark.parametrize("case", list(EXTREME_CASES))
+def test_ring_attention_extreme_frames(case, q_first_on):
+    c = EXTREME_CASES[case]
+    if q_first_on == "int32-tensor" and c["q_first"] >= 2**31:
+        pytest.skip("q_first_frame does not fit int32")
+    head_dim, dtype, tpf = 32, torch.float32, 5
+    n_slots = len(c["frames"])
+    q = randn(1, c["q_frames"] * tpf, HEADS, head_dim, dtype=dtype, seed=90)
+    k_cache, v_cache = (randn(1, n_slots * tpf, HEADS, head_dim, dtype=dtype, seed=91 + i) for i in range(2))
+    slot_frame = torch.tensor(c["frames"], dtype=torch.int64, device=DEVICE)
+    small_frames, small_first, small_chunk = small_equivalent(c["frames"], c["q_first"], c["chunk"], c["q_frames"], tpf)
+    qff = c["q_first"]
+    if q_first_on != "int":
+        qff = torch.tensor(qff, dtype=torch.int64 if q_first_on == "int64-tensor" else torch.int32, device=DEVICE)
+    out, lse = fk.ring_attention(q, k_cache, v_cache, slot_frame, tpf, qff, c["chunk"], return_lse=True)
+    ref_out, ref_lse = reference.ring_attention(q, k_cache, v_cache, small_frames, tpf, small_first, small_chunk,
+                                                return_lse=True)
+    check_attention(out, lse, ref_out, ref_lse, dtype)
+
+
+def test_strided_slot_frame():
+    """slot_frame may be a strided view: the gaps (frame 0, visible) are never read."""
+    c = ATTN_CASES["partly-filled-3-chunks-of-1"]
+    q, k_cache, v_cache, k_ref, v_ref, slot_frame, _ = attention_inputs(c, 32, torch.float32, False, seed=13)
+    backing = torch.zeros(2 * slot_frame.numel(), dtype=torch.int64, device=DEVICE)
+    backing[::2] = slot_frame
+    out = fk.ring_attention(q, k_cache, v_cache, backing[::2], TPF, c["q_first"], c["chunk_frames"])
+    ref = reference.ring_attention(q, k_ref, v_ref, slot_frame, TPF, c["q_first"], c["chunk_frames"])
+    assert_close(out, ref, torch.float32, "out")
+
+
+def test_ring_attention_without_slots():
+    """A cache of zero slots: every query gets 0 and lse -inf, nothing is read."""
+    q = randn(1, TPF, HEADS, 32, dtype=torch.float32, seed=14)
+    empty = torch.zeros(1, 0, HEADS, 32, device=DEVICE)
+    out, lse = fk.ring_attention(q, empty, empty, torch.zeros(0, dtype=torch.int64, device=DEVICE), TPF, 0, 1,
+                                 return_lse=True)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+def test_element_offsets_past_int32():
+    """Views whose element offsets pass 2**31 (a token stride, then a head stride, of ~2**26
+    and ~2**30 elements) into one large buffer: offsets are computed in int64. The buffer is
+    never filled, so only the pages of the few touched elements are backed by memory."""
+    d, tpf, dtype = 16, 17, torch.float16
+    token_stride, tokens = 2**26, 2 * tpf  # (tokens - 1) * token_stride > 2**31
+    head_stride, heads = 2**30 + 3 * d, 3  # (heads - 1) * head_stride > 2**31
+    big = torch.empty(max((tokens - 1) * token_stride, (heads - 1) * head_stride + 5 * d * tpf) + 8 * d,
+                      dtype=dtype, device=DEVICE)
+
+    def views(sizes, strides, n):
+        out = [big.as_strided(sizes, strides, storage_offset=i * d) for i in range(n)]
+        for i, x in enumerate(out):
+            x.copy_(randn(*sizes, dtype=dtype, seed=100 + i))
+        return out
+
+    # Token-strided q, k, v (one head): ring attention, plain and with rotate-on-load.
+    q, k, v = views((1, tokens, 1, d), (0, token_stride, d, 1), 3)
+    slot_frame = torch.tensor([0, 1], device=DEVICE)
+    key_freqs = Rope3D.for_wan(d, "flex", length=480).temporal_table(torch.tensor([5, 9], device=DEVICE))
+    for kf in (None, key_freqs):
+        out = fk.ring_attention(q, k, v, slot_frame, tpf, 0, 1, key_freqs_t=kf)
+        ref = reference.ring_attention(q.contiguous(), k.contiguous(), v.contiguous(), slot_frame, tpf, 0, 1,
+                                       key_freqs_t=kf)
+        assert_close(out, ref, dtype, f"ring attention, token stride 2**26, rotate={kf is not None}")
+
+    # Head-strided q, k, v and caches (three heads): RoPE + cache write, then ring attention.
+    grid = (1, tpf)
+    sizes, strides = (1, tpf, heads, d), (0, 5 * d, head_stride, 1)
+    q, k, v, k_cache, v_cache = views(sizes, strides, 5)
+    ft, fh, fw = Rope3D.for_wan(d, "flex", length=480).tables(0, 1, *grid, device=DEVICE)
+    slots = torch.tensor([0], device=DEVICE)
+    k_ref, v_ref = torch.zeros(sizes, dtype=dtype, device=DEVICE), torch.zeros(sizes, dtype=dtype, device=DEVICE)
+    q_ref = reference.norm_rope_cache_write(q, k, v, None, None, 1e-6, ft, fh, fw, *grid, 0, k_ref, v_ref, slots)
+    q_out = fk.norm_rope_cache_write(q, k, v, None, None, 1e-6, ft, fh, fw, *grid, 0, k_cache, v_cache, slots)
+    assert_close(q_out, q_ref, dtype, "q, head stride 2**30")
+    assert_close(k_cache, k_ref, dtype, "k_cache, head stride 2**30")
+    assert torch.equal(v_cache, v_ref)
+    assert_close(fk.rope3d(q, ft, fh, fw, *grid, 0), reference.rope3d(q, ft, fh, fw, *grid, 0), dtype, "rope3d")
+    out = fk.ring_attention(q, k_cache, v_cache, slots, tpf, 0, 1)
+    ref = reference.ring_attention(q.contiguous(), k_ref, v_ref, slots, tpf, 0, 1)
+    assert_close(out, ref, dtype, "ring attention, head stride 2**30")
+
+
+def test_kernel_preconditions_raise_value_error():
+    """What the kernels need themselves (direct callers skip flex.ops)."""
+    x = torch.zeros(1, SMALL_TPF, HEADS, 32, device=DEVICE)
+    ft, fh, fw = Rope3D.for_wan(32, "flex", length=480).tables(0, 1, *SMALL_GRID, device=DEVICE)
+    kc = torch.zeros(1, 2 * SMALL_TPF, HEADS, 32, device=DEVICE)
+    slots = torch.tensor([0], device=DEVICE)
+    write = (x, x, x, None, None, 1e-6, ft, fh, fw, *SMALL_GRID, 0)
+    with pytest.raises(ValueError, match="v_cache"):
+        fk.norm_rope_cache_write(*write, kc, kc[:, :SMALL_TPF], slots)
+    with pytest.raises(ValueError, match="frame_offset"):
+        fk.rope3d(x, ft, fh, fw, *SMALL_GRID, 2**63)
+    with pytest.raises(ValueError, match="eps"):
+        fk.norm_rope_cache_write(x, x, x, None, None, 0.0, ft, fh, fw, *SMALL_GRID, 0, kc, kc.clone(), slots)
+    with pytest.raises(ValueError, match="freqs_t"):
+        fk.rope3d(x, ft.to(torch.int32), fh, fw, *SMALL_GRID, 0)
+    slot_frame = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match="q_first_frame"):
+        fk.ring_attention(x, x, x, slot_frame, SMALL_TPF, q_first_frame=2**63)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        fk.ring_attention(x, x, x, slot_frame, SMALL_TPF, chunk_frames=2**63)
+    with pytest.raises(ValueError, match="slot_frame"):
+        fk.ring_attention(x, x, x, slot_frame, 4)  # 6 keys are no whole number of 4-token frames
+
+
 # --------------------------------------------------------------------------- through flex.ops
 
 
