@@ -24,6 +24,8 @@ from typing import Callable, Mapping
 
 import torch
 
+from .checks import INT64_MAX, check_bool, check_float, check_int
+
 BACKENDS = ("reference", "cpp", "cuda", "triton", "sdpa", "flash")
 AUTO_ORDER = {
     "cuda": ("cuda", "triton", "sdpa", "flash", "reference"),
@@ -226,13 +228,11 @@ def _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
     if 2 * planes != d:
         raise ValueError(f"freqs_t/h/w have {planes} planes in all but head dim {d} needs {d // 2}")
     for name, g in (("grid_h", grid_h), ("grid_w", grid_w)):
-        if not isinstance(g, int) or g < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {g!r}")
+        check_int(name, g, 1, INT64_MAX)
     t = x.shape[1]
     if t % (grid_h * grid_w):
         raise ValueError(f"token count {t} is not a multiple of grid_h * grid_w = {grid_h * grid_w}")
-    if not isinstance(frame_offset, int) or frame_offset < 0:
-        raise ValueError(f"frame_offset must be an int >= 0, got {frame_offset!r}")
+    check_int("frame_offset", frame_offset, 0, INT64_MAX)
     if frame_offset + t // (grid_h * grid_w) > freqs_t.shape[0]:
         raise ValueError(
             f"freqs_t has {freqs_t.shape[0]} frames but frames up to {frame_offset + t // (grid_h * grid_w)} are needed"
@@ -294,11 +294,12 @@ def norm_rope_cache_write(
             _check_tensor(name, w, w.dim(), device=q.device)
             if w.numel() != width:
                 raise ValueError(f"{name} must have H*D = {width} elements, got {w.numel()}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
+    check_float("eps", eps, 0.0, low_open=True)
     tpf = grid_h * grid_w
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         _check_tensor(name, c, 4, device=q.device, dtype=q.dtype)
+        if c.shape != k_cache.shape:
+            raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}, got {tuple(c.shape)}")
         if c.shape[0] != b or c.shape[2:] != q.shape[2:] or c.shape[1] % tpf or not c.is_contiguous():
             raise ValueError(
                 f"{name} must be contiguous [B={b}, n_slots*{tpf}, H={h}, D={d}], got {tuple(c.shape)}"
@@ -309,7 +310,7 @@ def norm_rope_cache_write(
     mod = select(Call("norm_rope_cache_write", q.dtype, d), backend, q.device)
     return mod.norm_rope_cache_write(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
-        frame_offset, k_cache, v_cache, frame_slots, bool(rotate_k_temporal),
+        frame_offset, k_cache, v_cache, frame_slots, check_bool("rotate_k_temporal", rotate_k_temporal),
     )
 
 
@@ -334,25 +335,23 @@ def ring_attention(
             raise ValueError(f"the last dimension of {name} must be contiguous")
     if q.stride(-1) != 1:
         raise ValueError("the last dimension of q must be contiguous")
-    if not isinstance(tokens_per_frame, int) or tokens_per_frame < 1:
-        raise ValueError(f"tokens_per_frame must be an int >= 1, got {tokens_per_frame!r}")
+    check_int("tokens_per_frame", tokens_per_frame, 1, INT64_MAX)
     _check_tensor("slot_frame", slot_frame, 1, device=q.device, float_=False)
     if slot_frame.dtype != torch.int64 or slot_frame.numel() * tokens_per_frame != k_cache.shape[1]:
         raise ValueError(
             f"slot_frame must be int64 with k_cache.shape[1] / tokens_per_frame = "
             f"{k_cache.shape[1] / tokens_per_frame:g} entries, got {slot_frame.dtype} {tuple(slot_frame.shape)}"
         )
-    if not isinstance(chunk_frames, int) or chunk_frames < 0:
-        raise ValueError(f"chunk_frames must be an int >= 0 (0 = no block-causal mask), got {chunk_frames!r}")
-    if not isinstance(q_first_frame, int) or q_first_frame < 0:
-        raise ValueError(f"q_first_frame must be an int >= 0, got {q_first_frame!r}")
+    check_int("chunk_frames", chunk_frames, 0, INT64_MAX)  # 0: no block-causal mask
+    check_int("q_first_frame", q_first_frame, 0, INT64_MAX)
     if key_freqs_t is not None:
         _check_tensor("key_freqs_t", key_freqs_t, 3, device=q.device)
         if key_freqs_t.shape[0] != slot_frame.numel() or key_freqs_t.shape[2] != 2 or 2 * key_freqs_t.shape[1] > q.shape[-1]:
             raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t, 2], got {tuple(key_freqs_t.shape)}")
     if resident_tokens is not None:
         _check_resident_prefix(resident_tokens, slot_frame, tokens_per_frame)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else check_float("scale", scale, 0.0, low_open=True)
+    check_bool("return_lse", return_lse)
     call = Call.of("ring_attention", chunk_frames=chunk_frames, key_freqs_t=key_freqs_t,
                    resident_tokens=resident_tokens, return_lse=return_lse, dtype=q.dtype, head_dim=q.shape[-1])
     mod = select(call, backend, q.device)
