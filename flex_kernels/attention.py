@@ -28,6 +28,8 @@ Softmax runs in float32 in the log2 domain; p is rounded to v's dtype for the p.
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -273,6 +275,8 @@ def ring_attention(
             raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t <= D/2, 2], "
                              f"got {tuple(key_freqs_t.shape)}")
     scale = d ** -0.5 if scale is None else float(scale)
+    if not math.isfinite(scale):  # every logit would be NaN or inf
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
     out, lse = _ring_attention_op(
         q, k_cache, v_cache, slot_frame, tokens_per_frame, qff, qff_t, chunk_frames, scale,
         key_freqs_t, bool(return_lse),

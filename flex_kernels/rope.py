@@ -224,8 +224,14 @@ def _check_rope_args(name, x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_o
         raise ValueError(f"token count {x.shape[1]} is not a multiple of grid_h * grid_w = {grid_h * grid_w}")
     if grid_h > freqs_h.shape[0] or grid_w > freqs_w.shape[0]:
         raise ValueError(f"freqs_h/freqs_w ({freqs_h.shape[0]}, {freqs_w.shape[0]} rows) are smaller than the grid ({grid_h}, {grid_w})")
-    # Any int64 offset is safe: temporal rows outside freqs_t are masked in the kernel.
-    return split_index("frame_offset", frame_offset, x.device, INT64_MIN)
+    off, off_t = split_index("frame_offset", frame_offset, x.device, INT64_MIN)
+    # A host offset is checked here (cheap); a device offset cannot be, so the kernel masks
+    # temporal rows outside freqs_t (those frames keep their temporal planes unrotated).
+    n_frames = x.shape[1] // (grid_h * grid_w)
+    if off_t is None and not 0 <= off <= freqs_t.shape[0] - n_frames:
+        raise ValueError(f"frame_offset = {off} needs temporal rows [{off}, {off} + {n_frames}) but freqs_t has "
+                         f"{freqs_t.shape[0]} rows")
+    return off, off_t
 
 
 def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0):
@@ -268,7 +274,7 @@ def norm_rope_cache_write(
                 raise ValueError(f"{name} must be a floating tensor of H*D = {h * d} elements")
             check_device(name, w, q.device)
     check_index_vector("frame_slots", frame_slots, q.device, INDEX_DTYPES, t // tpf)
-    if not eps > 0:  # rsqrt(mean + eps) of an all-zero row
+    if not (isinstance(eps, (int, float)) and 0 < eps < float("inf")):  # rsqrt(mean + eps) of a zero row
         raise ValueError(f"eps must be > 0, got {eps!r}")
     return _norm_rope_cache_write_op(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,

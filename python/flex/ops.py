@@ -243,6 +243,12 @@ def _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
         raise ValueError("the last dimension (head dim) must be contiguous")
 
 
+def _check_slots_in_range(frame_slots, n_slots):
+    """Every frame slot must address the cache (one host read; planned passes skip it)."""
+    if frame_slots.numel() and not bool(((frame_slots >= 0) & (frame_slots < n_slots)).all()):
+        raise ValueError(f"frame_slots must lie in [0, {n_slots}) (the cache's slots), got {frame_slots.tolist()}")
+
+
 def _check_resident_prefix(resident_tokens, slot_frame, tokens_per_frame):
     """resident_tokens claims that the filled slots are exactly the first n: check it (one host read)."""
     n_keys = slot_frame.numel() * tokens_per_frame
@@ -307,6 +313,7 @@ def norm_rope_cache_write(
     _check_tensor("frame_slots", frame_slots, 1, device=q.device, float_=False)
     if frame_slots.dtype not in (torch.int32, torch.int64) or frame_slots.numel() != t // tpf:
         raise ValueError(f"frame_slots must be int32/int64 with one slot per frame ({t // tpf}), got {frame_slots.dtype} {tuple(frame_slots.shape)}")
+    _check_slots_in_range(frame_slots, k_cache.shape[1] // tpf)
     mod = select(Call("norm_rope_cache_write", q.dtype, d), backend, q.device)
     return mod.norm_rope_cache_write(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
@@ -350,7 +357,7 @@ def ring_attention(
             raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t, 2], got {tuple(key_freqs_t.shape)}")
     if resident_tokens is not None:
         _check_resident_prefix(resident_tokens, slot_frame, tokens_per_frame)
-    scale = q.shape[-1] ** -0.5 if scale is None else check_float("scale", scale, 0.0, low_open=True)
+    scale = q.shape[-1] ** -0.5 if scale is None else check_float("scale", scale)
     check_bool("return_lse", return_lse)
     call = Call.of("ring_attention", chunk_frames=chunk_frames, key_freqs_t=key_freqs_t,
                    resident_tokens=resident_tokens, return_lse=return_lse, dtype=q.dtype, head_dim=q.shape[-1])
