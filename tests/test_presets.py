@@ -141,7 +141,7 @@ def test_overrides_are_validated():
     p = MODEL_PRESETS["self-forcing"]
     assert p.replace(shift=3.0).shift == 3.0 and p.shift == 5.0
     assert p.flex_config(rho=0.0).rho == 0.0 and p.flex_config().rho == -1.0
-    with pytest.raises(ValueError, match="shift must be a finite number in"):
+    with pytest.raises(ValueError, match="shift must be in"):
         p.replace(shift=0.0)
     with pytest.raises(ValueError, match="shift"):
         p.replace(shift=math.nan)
