@@ -682,6 +682,8 @@ def test_rope3d_more_bad_input():
         torch.ops.flex.rope3d(**_rope_args(freqs_t=torch.zeros(2, 17, 2)))
     with pytest.raises(ValueError, match="freqs_h has 2305843009213693952 planes"):  # empty table, huge dim
         torch.ops.flex.rope3d(**_rope_args(freqs_h=torch.empty(0, 2**61, 2)))
+    with pytest.raises(ValueError, match=r"head dim D of x must have D/2 < 2\^31 planes"):  # int32 plane index
+        torch.ops.flex.rope3d(**_rope_args(x=torch.empty(0, 126, 1, 2**32)))
     with pytest.raises(ValueError, match="grid_w = 9 exceeds the 3 rows of freqs_w"):
         torch.ops.flex.rope3d(**_rope_args(freqs_w=rope_tables(32, 2)[2][:3]))
 
