@@ -21,6 +21,9 @@ The parts, one concept each:
 * :mod:`.architecture`  shapes -> WanConfig (config.json, presets), strict state dict check
 * :mod:`.lora`          LoRA read + merge
 * :mod:`.save`          atomic safetensors save
+* :mod:`.wan_dir`       the two Wan2.1 folder kinds (Diffusers, original download) and their parts
+* :mod:`.wan_t5`        Wan's T5 encoder file -> transformers UMT5EncoderModel
+* :mod:`.wan_vae`       Wan's VAE file -> diffusers AutoencoderKLWan (+ the latent normalisation)
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ from .files import GENERATOR_KEYS, OTHER_CONTAINER_KEYS, PT_SUFFIXES, read_state
 from .keys import WRAPPER_PARTS, diffusers_to_wan, is_diffusers_layout, normalize_key, normalize_keys
 from .lora import check_lora_factors, merge_lora, read_lora
 from .save import atomic_save_safetensors
+from .wan_dir import check_wan_dir, locate_wan_part
+from .wan_t5 import load_wan_t5
+from .wan_vae import LATENTS_MEAN, LATENTS_STD, load_wan_vae
 
 
 def load_dit(
@@ -85,8 +91,9 @@ def load_dit(
 
 
 __all__ = [
-    "CheckpointError", "DEFAULT_HEAD_DIM", "GENERATOR_KEYS", "OTHER_CONTAINER_KEYS", "PT_SUFFIXES", "SHOW",
-    "WEIGHT_DTYPES", "WRAPPER_PARTS", "atomic_save_safetensors", "check_lora_factors", "check_state_dict",
-    "diffusers_to_wan", "infer_dims", "is_diffusers_layout", "load_dit", "merge_lora", "normalize_key",
+    "CheckpointError", "DEFAULT_HEAD_DIM", "LATENTS_MEAN", "LATENTS_STD", "GENERATOR_KEYS", "OTHER_CONTAINER_KEYS", "PT_SUFFIXES", "SHOW",
+    "WEIGHT_DTYPES", "WRAPPER_PARTS", "atomic_save_safetensors", "check_lora_factors", "check_state_dict", "check_wan_dir",
+    "diffusers_to_wan", "infer_dims", "is_diffusers_layout", "load_dit", "load_wan_t5", "load_wan_vae",
+    "locate_wan_part", "merge_lora", "normalize_key",
     "normalize_keys", "read_lora", "read_state_dict", "resolve_config",
 ]
