@@ -91,9 +91,9 @@ def load_dit(
 
 
 __all__ = [
-    "CheckpointError", "DEFAULT_HEAD_DIM", "LATENTS_MEAN", "LATENTS_STD", "GENERATOR_KEYS", "OTHER_CONTAINER_KEYS", "PT_SUFFIXES", "SHOW",
-    "WEIGHT_DTYPES", "WRAPPER_PARTS", "atomic_save_safetensors", "check_lora_factors", "check_state_dict", "check_wan_dir",
-    "diffusers_to_wan", "infer_dims", "is_diffusers_layout", "load_dit", "load_wan_t5", "load_wan_vae",
-    "locate_wan_part", "merge_lora", "normalize_key",
-    "normalize_keys", "read_lora", "read_state_dict", "resolve_config",
+    "CheckpointError", "DEFAULT_HEAD_DIM", "GENERATOR_KEYS", "LATENTS_MEAN", "LATENTS_STD", "OTHER_CONTAINER_KEYS",
+    "PT_SUFFIXES", "SHOW", "WEIGHT_DTYPES", "WRAPPER_PARTS", "atomic_save_safetensors", "check_lora_factors",
+    "check_state_dict", "check_wan_dir", "diffusers_to_wan", "infer_dims", "is_diffusers_layout", "load_dit",
+    "load_wan_t5", "load_wan_vae", "locate_wan_part", "merge_lora", "normalize_key", "normalize_keys", "read_lora",
+    "read_state_dict", "resolve_config",
 ]

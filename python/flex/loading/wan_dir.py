@@ -63,7 +63,7 @@ def _contents(root: Path) -> str:
 
 
 def _needs(kind: str) -> str:
-    return f"{KIND_NAMES[kind]} needs {', '.join(needed for _, needed in LAYOUTS[kind].values())}"
+    return ", ".join(needed for _, needed in LAYOUTS[kind].values())
 
 
 def _root(wan_dir) -> Path:
@@ -78,17 +78,18 @@ def _kind_of(root: Path, parts) -> str:
     complete = [kind for kind in LAYOUTS if all(p in _present(root, kind) for p in parts)]
     if complete:
         return complete[0]
-    what = " and ".join(PART_NAMES[p] for p in parts)
+    what = ", ".join(PART_NAMES[p] for p in parts)
     partial = [kind for kind in LAYOUTS if _present(root, kind)]
     if len(partial) == 1:  # recognisably one kind, with parts missing
         kind = partial[0]
         missing = [LAYOUTS[kind][p][1] for p in parts if p not in _present(root, kind)]
         raise FileNotFoundError(
-            f"no {what} in {str(root)!r}: it looks like {KIND_NAMES[kind]} but lacks {', '.join(missing)}; "
-            f"{_needs(kind)}. It contains: {_contents(root)}")
+            f"no {what} in {str(root)!r}: it looks like {KIND_NAMES[kind]} but lacks {', '.join(missing)} "
+            f"(that kind needs {_needs(kind)}). It contains: {_contents(root)}")
     raise FileNotFoundError(
-        f"no {what} in {str(root)!r}: the Wan folder (--wan-dir) must be {KIND_NAMES['diffusers']} or "
-        f"{KIND_NAMES['original']}. {_needs('diffusers')}; {_needs('original')}. It contains: {_contents(root)}")
+        f"no {what} in {str(root)!r}, which is neither kind of Wan2.1 folder (--wan-dir): "
+        f"{KIND_NAMES['diffusers']} needs {_needs('diffusers')}; {KIND_NAMES['original']} needs "
+        f"{_needs('original')}. It contains: {_contents(root)}")
 
 
 def locate_wan_part(wan_dir, part: str) -> tuple[str, Path]:
@@ -117,6 +118,13 @@ def read_original_part(path, what: str) -> dict:
     return obj
 
 
+def _new_names(target, match) -> list[str]:
+    names = target(match) if callable(target) else target
+    if names is None:
+        return []
+    return [match.expand(name) for name in ((names,) if isinstance(names, str) else names)]
+
+
 def rename_keys(sd: dict, rules, source: str, layout: str) -> dict:
     """Apply ``rules`` to every key: (regex the whole original name matches, new name(s)).
 
@@ -127,17 +135,13 @@ def rename_keys(sd: dict, rules, source: str, layout: str) -> dict:
     """
     out, unknown = {}, []
     for key, tensor in sd.items():
-        names = None
-        for pattern, target in rules:
-            match = re.fullmatch(pattern, key)
-            if match:
-                names = target(match) if callable(target) else target
-                names = None if names is None else [match.expand(n) for n in ([names] if isinstance(names, str) else names)]
-                break
-        if names is None:
+        names = next((_new_names(target, match) for pattern, target in rules
+                      if (match := re.fullmatch(pattern, key))), [])
+        if not names:
             unknown.append(key)
-        for name in names or ():
+        for name in names:
             out[name] = tensor
     if unknown:
-        raise CheckpointError(f"{source!r} is not in {layout}: {len(unknown)} keys it does not have: {preview(unknown)}")
+        raise CheckpointError(
+            f"{source!r} is not in {layout}: {len(unknown)} keys it does not have: {preview(unknown)}")
     return out
