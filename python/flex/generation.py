@@ -87,8 +87,8 @@ def terminate_as_interrupt():
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: a handler not set from Python, which cannot be put back; the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 # ---------------------------------------------------------------- checks that need no model
@@ -442,6 +442,7 @@ class GenerationSettings:
 class VideoResult:
     """One video of a job: where it is and how long it took (``skipped``: it was already done)."""
 
+    index: int  # position of its prompt in the settings
     path: Path
     prompt: str
     seed: int
@@ -493,12 +494,15 @@ def generate_videos(
     log: Callable[[str], None] | None = None,
     on_video: Callable[[VideoResult], None] | None = None,
     progress: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> list[VideoResult]:
     """Run the job: one mp4 per prompt of ``settings`` (see the module docstring). Returns the results.
 
     log       receives one line per step (default: the ``flex.generation`` logger at INFO)
     on_video  called with each video's result as soon as it is finished (or skipped)
     progress  a tqdm bar per video on stderr
+    indices   only these prompts (positions in ``settings.prompts``; seeds and file names stay
+              those of the whole list), e.g. one share of the prompts per process; default all
 
     Errors of the models or files raise (CheckpointError, OSError, ...); KeyboardInterrupt and
     :class:`Terminated` leave no partial video (the previous file of that name, if any, stays).
@@ -516,20 +520,26 @@ def generate_videos(
         if on_video is not None:
             on_video(result)
 
-    for out in settings.outputs:
-        for part in remove_stale_parts(out):
+    n = len(settings.prompts)
+    wanted = list(range(n)) if indices is None else list(dict.fromkeys(indices))
+    if any(not _is_int(i) or not 0 <= i < n for i in wanted):
+        raise SettingsError("indices", f"indices must be positions in the {n} prompts, got {indices!r}")
+    for i in wanted:
+        for part in remove_stale_parts(settings.outputs[i]):
             log(f"removed {part.name}, left by an earlier run that was killed")
-    todo = [i for i in range(len(settings.prompts)) if settings.overwrite or not settings.is_done(i)]
+    todo = [i for i in wanted if settings.overwrite or not settings.is_done(i)]
     n_chunks = frames // cfg.chunk_frames
-    for i in sorted(set(range(len(settings.prompts))) - set(todo)):
-        done(VideoResult(settings.outputs[i], settings.prompts[i], settings.seed + i, pixel_frames(frames), frames,
-                         n_chunks, 0.0, "", skipped=True))
+    todo_set = set(todo)
+    for i in wanted:
+        if i not in todo_set:
+            done(VideoResult(i, settings.outputs[i], settings.prompts[i], settings.seed + i, pixel_frames(frames),
+                             frames, n_chunks, 0.0, "", skipped=True))
     if not todo:
-        log(f"all {len(settings.prompts)} video(s) are already generated with these settings "
-            f"(overwrite to redo them)")
+        log(f"all {len(wanted)} video(s) are already generated with these settings (overwrite to redo them)")
         return results
-    if len(todo) < len(settings.prompts):
-        log(f"{len(settings.prompts) - len(todo)} video(s) already generated with these settings are skipped")
+    position = {i: k for k, i in enumerate(wanted)}
+    if len(todo) < len(wanted):
+        log(f"{len(wanted) - len(todo)} video(s) already generated with these settings are skipped")
 
     import torch
 
@@ -592,9 +602,9 @@ def generate_videos(
                     bar.update(1)
         finally:
             bar.close()
-        done(VideoResult(out, settings.prompts[i], settings.seed + i, writer.frames_written, frames, n_chunks,
+        done(VideoResult(i, out, settings.prompts[i], settings.seed + i, writer.frames_written, frames, n_chunks,
                          time.perf_counter() - start, _peak_memory(device)))
-    return results
+    return sorted(results, key=lambda r: position[r.index])
 
 
 __all__ = [
