@@ -231,15 +231,14 @@ def resolve_device(name: str):
 
 
 def check_step_options(device, config: FlexConfig, compile, cuda_graphs: bool) -> None:
-    """flex.chunk_step.check_step_options without a model (its rules, for the device the model will be on)."""
-    from .chunk_step import compile_options
+    """flex.chunk_step's rules for the compile / cuda_graphs options, as a SettingsError."""
+    from .chunk_step import check_step_options as rules
 
-    if cuda_graphs and device.type != "cuda":
-        raise SettingsError("cuda_graphs", f"cuda_graphs needs a CUDA device, got device {str(device)!r}")
-    if (compile_options(compile) is not None or cuda_graphs) and config.dynamic and config.strategy == "yarn":
-        raise SettingsError(("compile", "cuda_graphs"),
-                            "compile / cuda_graphs need a fixed softmax scale, but YaRN (rope yarn) with dynamic "
-                            "changes it every chunk")
+    try:
+        rules(device, config, compile, cuda_graphs)
+    except ValueError as err:
+        name = "cuda_graphs" if str(err).startswith("cuda_graphs") else ("compile", "cuda_graphs")
+        raise SettingsError(name, str(err)) from None
 
 
 def check_denoising_steps(steps) -> tuple[float, ...]:
