@@ -1,0 +1,123 @@
+"""``flex serve``: load the model once and stream videos to a web page.
+
+    flex serve --dit checkpoints/self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers
+    # then open http://127.0.0.1:7860 in a browser
+
+It takes the options of ``flex generate`` (model, FLEX switches, runtime), with these
+meanings: ``--seconds`` / ``--frames`` is the length of each stream (its RoPE length too),
+``--out`` the folder that receives saved videos, ``--prompt`` / ``--prompts`` the prompts the
+page offers (a menu when several). ``--host`` / ``--port`` say where to listen; the default
+127.0.0.1 is reachable from this machine only.
+
+Register it in ``flex.cli`` with ``add_parser(subparsers)`` and dispatch ``run(args)``;
+user errors are raised as :class:`flex.cli.CliError`.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+
+from .. import cli as flex_cli
+from ..cli import CliError
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
+DEFAULT_PROMPT = "a red fox runs through fresh snow, cinematic, golden hour"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``serve`` command to ``flex``'s subparsers."""
+    p = subparsers.add_parser(
+        "serve", formatter_class=flex_cli._HelpFormatter, help="live web demo: stream videos to a browser",
+        description="Load the model once and serve a web page that streams FLEX videos while they are "
+                    "generated: switch prompts, stop / restart, see latent and decoded FPS, save videos.",
+        epilog="example: flex serve --dit self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers "
+               "--seconds 60  (then open http://127.0.0.1:7860)",
+    )
+    flex_cli._add_generate_args(p)
+    for group in p._mutually_exclusive_groups:  # prompts come from the page: --prompt is optional here
+        if any(a.dest == "prompt" for a in group._group_actions):
+            group.required = False
+    server = p.add_argument_group("server")
+    server.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (0.0.0.0: every interface, reachable by anyone on the network)")
+    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free port)")
+    return p
+
+
+def _explicit_flex_options(args) -> set[str]:
+    """Names of the --no-flex options given with a non-default value (they keep their value)."""
+    defaults = argparse.ArgumentParser()
+    flex_cli._add_generate_args(defaults)
+    return {name for name in flex_cli.NO_FLEX if getattr(args, name) != defaults.get_default(name)}
+
+
+def check_args(args) -> dict:
+    """flex generate's checks plus the server's; returns the settings (nothing is loaded)."""
+    if Path(args.out).suffix.lower() == ".mp4":
+        raise CliError(f"--out must be a folder for flex serve (saved videos are named by time), got {args.out!r}")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be in [0, 65535], got {args.port}")
+    if args.prompt is None and args.prompts is None:
+        args.prompt = DEFAULT_PROMPT
+    settings = flex_cli.check_args(args, _explicit_flex_options(args))
+    settings["out_dir"] = Path(args.out)
+    return settings
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, bound before the model is loaded so that a taken port fails fast."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(16)
+    except OSError as err:
+        raise CliError(f"cannot listen on --host {host} --port {port}: {err}") from err
+    sock.set_inheritable(True)
+    return sock
+
+
+def build_server(args):
+    """(uvicorn.Server, listening socket, url): the checked arguments, the model loaded once."""
+    import torch
+    import uvicorn
+
+    from .app import create_app
+    from .engine import Engine
+    from .protocol import MAX_MESSAGE_BYTES
+
+    settings = check_args(args)
+    sock = listen(args.host, args.port)
+    try:
+        flex_cli._quiet_library_progress()
+        engine = Engine.load(
+            args.dit, settings["wan_dir"], device=settings["device"], dtype=getattr(torch, flex_cli.DTYPES[args.dtype]),
+            config=settings["flex"], num_frames=settings["frames"], size=(args.height, args.width),
+            denoising_steps=settings["steps"], backend=args.backend,
+            compile={"off": False, "on": True, "frozen": "frozen"}[args.compile], cuda_graphs=args.cuda_graphs,
+            out_dir=settings["out_dir"], crf=args.crf, preset=args.preset,
+            use_ema={"auto": None, "ema": True, "generator": False}[args.weights], lora=args.lora,
+            lora_alpha=args.lora_alpha, lora_scale=args.lora_scale, trust_pickle=args.trust_checkpoint,
+            prompts=settings["prompts"])
+        config = uvicorn.Config(create_app(engine), log_level="warning", ws_max_size=MAX_MESSAGE_BYTES)
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return uvicorn.Server(config), sock, url
+
+
+def run(args) -> int:
+    """``flex serve``: serve until interrupted. Returns the exit status."""
+    server, sock, url = build_server(args)
+    flex_cli._log(f"serving on {url} (Ctrl-C to stop)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        flex_cli._log(f"--host {args.host}: anyone who can reach this address can use the model")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
