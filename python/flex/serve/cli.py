@@ -15,7 +15,10 @@ user errors are raised as :class:`flex.cli.CliError`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
+import threading
+import time
 from pathlib import Path
 
 from .. import cli as flex_cli
@@ -121,3 +124,21 @@ def run(args) -> int:
     finally:
         sock.close()
     return 0
+
+
+@contextlib.contextmanager
+def serve_in_thread(args):
+    """Run the server on a background thread (notebooks, tests); yields (url, app); stops on exit."""
+    server, sock, url = build_server(args)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="flex-serve", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server stopped while starting (see its log)")
+            time.sleep(0.01)
+        yield url, server.config.app
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
