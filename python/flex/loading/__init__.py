@@ -24,6 +24,9 @@ The parts, one concept each:
 * :mod:`.lora`          LoRA read + merge
 * :mod:`.krea`          Krea Realtime 14B's layouts; names-and-shapes check on the meta device
 * :mod:`.save`          atomic safetensors save
+* :mod:`.wan_dir`       the two Wan2.1 folder kinds (Diffusers, original download) and their parts
+* :mod:`.wan_t5`        Wan's T5 encoder file -> transformers UMT5EncoderModel
+* :mod:`.wan_vae`       Wan's VAE file -> diffusers AutoencoderKLWan (+ the latent normalisation)
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ from .keys import WRAPPER_PARTS, diffusers_to_wan, is_diffusers_layout, normaliz
 from .krea import KREA_ARCHITECTURE, KREA_FILE, check_on_meta, krea_weights_file, meta_state_dict
 from .lora import check_lora_factors, merge_lora, read_lora
 from .save import atomic_save_safetensors
+from .wan_dir import check_wan_dir, locate_wan_part
+from .wan_t5 import load_wan_t5
+from .wan_vae import LATENTS_MEAN, LATENTS_STD, load_wan_vae
 
 
 def load_dit(
@@ -89,9 +95,10 @@ def load_dit(
 
 
 __all__ = [
-    "CheckpointError", "DEFAULT_HEAD_DIM", "GENERATOR_KEYS", "KREA_ARCHITECTURE", "KREA_FILE",
-    "OTHER_CONTAINER_KEYS", "PT_SUFFIXES", "SHOW", "WEIGHT_DTYPES", "WRAPPER_PARTS", "atomic_save_safetensors",
-    "check_lora_factors", "check_on_meta", "check_state_dict", "diffusers_to_wan", "infer_dims",
-    "is_diffusers_layout", "krea_weights_file", "load_dit", "merge_lora", "meta_state_dict", "normalize_key",
-    "normalize_keys", "read_lora", "read_state_dict", "resolve_config", "to_wan_names",
+    "CheckpointError", "DEFAULT_HEAD_DIM", "GENERATOR_KEYS", "KREA_ARCHITECTURE", "KREA_FILE", "LATENTS_MEAN",
+    "LATENTS_STD", "OTHER_CONTAINER_KEYS", "PT_SUFFIXES", "SHOW", "WEIGHT_DTYPES", "WRAPPER_PARTS",
+    "atomic_save_safetensors", "check_lora_factors", "check_on_meta", "check_state_dict", "check_wan_dir",
+    "diffusers_to_wan", "infer_dims", "is_diffusers_layout", "krea_weights_file", "load_dit", "load_wan_t5",
+    "load_wan_vae", "locate_wan_part", "merge_lora", "meta_state_dict", "normalize_key", "normalize_keys",
+    "read_lora", "read_state_dict", "resolve_config", "to_wan_names",
 ]
