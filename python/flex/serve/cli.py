@@ -9,8 +9,9 @@ meanings: ``--seconds`` / ``--frames`` is the length of each stream (its RoPE le
 page offers (a menu when several). ``--host`` / ``--port`` say where to listen; the default
 127.0.0.1 is reachable from this machine only.
 
-Register it in ``flex.cli`` with ``add_parser(subparsers)`` and dispatch ``run(args)``;
-user errors are raised as :class:`flex.cli.CliError`.
+Register it in ``flex.cli`` with ``add_parser(subparsers, defaults)`` and dispatch
+``run(args, explicit)``; usage errors are raised as :class:`flex.cli.CliError` before any
+model is loaded.
 """
 from __future__ import annotations
 
@@ -23,13 +24,19 @@ from pathlib import Path
 
 from .. import cli as flex_cli
 from ..cli import CliError
+from ..pipeline import RECACHE_MODES
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 DEFAULT_PROMPT = "a red fox runs through fresh snow, cinematic, golden hour"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``serve`` command to ``flex``'s subparsers."""
+def add_parser(subparsers, defaults: bool = True) -> argparse.ArgumentParser:
+    """Add the ``serve`` command to ``flex``'s subparsers (``defaults=False``: SUPPRESS defaults,
+    as flex.cli.build_parser uses them to see what was typed)."""
+
+    def d(value):
+        return value if defaults else argparse.SUPPRESS
+
     p = subparsers.add_parser(
         "serve", formatter_class=flex_cli._HelpFormatter, help="live web demo: stream videos to a browser",
         description="Load the model once and serve a web page that streams FLEX videos while they are "
@@ -37,35 +44,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog="example: flex serve --dit self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers "
                "--seconds 60  (then open http://127.0.0.1:7860)",
     )
-    flex_cli._add_generate_args(p)
+    flex_cli._add_generate_args(p, defaults)
     for group in p._mutually_exclusive_groups:  # prompts come from the page: --prompt is optional here
         if any(a.dest == "prompt" for a in group._group_actions):
             group.required = False
     server = p.add_argument_group("server")
-    server.add_argument("--host", default=DEFAULT_HOST,
+    server.add_argument("--host", default=d(DEFAULT_HOST),
                         help="address to listen on (0.0.0.0: every interface, reachable by anyone on the network)")
-    server.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free port)")
+    server.add_argument("--port", type=int, default=d(DEFAULT_PORT), help="TCP port (0: any free port)")
+    if not any(a.dest == "recache" for a in p._actions):  # unless flex generate has it already
+        server.add_argument("--recache", choices=RECACHE_MODES, default=d("window"),
+                            help="KV re-cache at a prompt switch: window = recompute the window frames under the "
+                                 "new prompt (LongLive), all = the sink frames too, none = keep the old K/V")
     return p
 
 
-def _explicit_flex_options(args) -> set[str]:
-    """Names of the --no-flex options given with a non-default value (they keep their value)."""
-    defaults = argparse.ArgumentParser()
-    flex_cli._add_generate_args(defaults)
-    return {name for name in flex_cli.NO_FLEX if getattr(args, name) != defaults.get_default(name)}
+def _typed_flex_flags(args) -> set[str]:
+    """The --no-flex flags given with a non-default value (when the typed ones are not known)."""
+    scratch = argparse.ArgumentParser()
+    flex_cli._add_generate_args(scratch)
+    return {name for name in flex_cli.NO_FLEX_FLAGS if getattr(args, name) != scratch.get_default(name)}
 
 
-def check_args(args) -> dict:
-    """flex generate's checks plus the server's; returns the settings (nothing is loaded)."""
+def check_args(args, explicit: set[str] | None = None):
+    """flex generate's checks plus the server's: the GenerationSettings (nothing is loaded).
+
+    explicit: the options typed on the command line (flex.cli._explicit), for --no-flex."""
     if Path(args.out).suffix.lower() == ".mp4":
         raise CliError(f"--out must be a folder for flex serve (saved videos are named by time), got {args.out!r}")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be in [0, 65535], got {args.port}")
     if args.prompt is None and args.prompts is None:
         args.prompt = DEFAULT_PROMPT
-    settings = flex_cli.check_args(args, _explicit_flex_options(args))
-    settings["out_dir"] = Path(args.out)
-    return settings
+    return flex_cli.settings_from_args(args, _typed_flex_flags(args) if explicit is None else explicit)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -78,32 +89,23 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(16)
     except OSError as err:
         raise CliError(f"cannot listen on --host {host} --port {port}: {err}") from err
-    sock.set_inheritable(True)
     return sock
 
 
-def build_server(args):
-    """(uvicorn.Server, listening socket, url): the checked arguments, the model loaded once."""
-    import torch
+def build_server(args, explicit: set[str] | None = None):
+    """(uvicorn.Server, listening socket, url): the arguments checked, the model loaded once."""
     import uvicorn
 
+    from ..generation import _quiet_library_progress
     from .app import create_app
     from .engine import Engine
     from .protocol import MAX_MESSAGE_BYTES
 
-    settings = check_args(args)
+    settings = check_args(args, explicit)
     sock = listen(args.host, args.port)
     try:
-        flex_cli._quiet_library_progress()
-        engine = Engine.load(
-            args.dit, settings["wan_dir"], device=settings["device"], dtype=getattr(torch, flex_cli.DTYPES[args.dtype]),
-            config=settings["flex"], num_frames=settings["frames"], size=(args.height, args.width),
-            denoising_steps=settings["steps"], backend=args.backend,
-            compile={"off": False, "on": True, "frozen": "frozen"}[args.compile], cuda_graphs=args.cuda_graphs,
-            out_dir=settings["out_dir"], crf=args.crf, preset=args.preset,
-            use_ema={"auto": None, "ema": True, "generator": False}[args.weights], lora=args.lora,
-            lora_alpha=args.lora_alpha, lora_scale=args.lora_scale, trust_pickle=args.trust_checkpoint,
-            prompts=settings["prompts"])
+        _quiet_library_progress()
+        engine = Engine.from_settings(settings, recache=args.recache)
         config = uvicorn.Config(create_app(engine), log_level="warning", ws_max_size=MAX_MESSAGE_BYTES)
     except BaseException:
         sock.close()
@@ -113,9 +115,9 @@ def build_server(args):
     return uvicorn.Server(config), sock, url
 
 
-def run(args) -> int:
-    """``flex serve``: serve until interrupted. Returns the exit status."""
-    server, sock, url = build_server(args)
+def run(args, explicit: set[str] | None = None) -> int:
+    """``flex serve``: serve until interrupted (Ctrl-C). Returns the exit status."""
+    server, sock, url = build_server(args, explicit)
     flex_cli._log(f"serving on {url} (Ctrl-C to stop)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         flex_cli._log(f"--host {args.host}: anyone who can reach this address can use the model")
@@ -123,13 +125,13 @@ def run(args) -> int:
         server.run(sockets=[sock])
     finally:
         sock.close()
-    return 0
+    return flex_cli.EXIT_OK
 
 
 @contextlib.contextmanager
-def serve_in_thread(args):
+def serve_in_thread(args, explicit: set[str] | None = None):
     """Run the server on a background thread (notebooks, tests); yields (url, app); stops on exit."""
-    server, sock, url = build_server(args)
+    server, sock, url = build_server(args, explicit)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="flex-serve", daemon=True)
     thread.start()
     try:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..pipeline import Pipeline
+from ..generation import DTYPES, FPS, WEIGHTS, GenerationSettings
+from ..pipeline import RECACHE_MODES, Pipeline, Stream
 from ..text import WanTextEncoder
 from ..vae import WanVAEDecoder
-
-FPS = 16  # Wan2.1 / Self Forcing frame rate
 
 
 @dataclass
@@ -29,29 +28,38 @@ class Engine:
     out_dir: Path = Path("outputs")
     crf: int = 18
     prompts: tuple[str, ...] = ()  # offered on the page
+    recache: str = "window"  # KV re-cache at a prompt switch (flex.pipeline.RECACHE_MODES)
     fps: int = FPS
 
     def __post_init__(self):
         if self.text_encoder.d_model != self.pipe.model.config.text_dim:
             raise ValueError(f"the text encoder gives {self.text_encoder.d_model}-wide embeddings but the DiT "
                              f"expects text_dim {self.pipe.model.config.text_dim}")
+        if self.recache not in RECACHE_MODES:
+            raise ValueError(f"recache must be one of {RECACHE_MODES}, got {self.recache!r}")
         self.out_dir = Path(self.out_dir)
 
     @classmethod
-    def load(cls, dit, wan_dir, *, device="cpu", dtype=torch.float32, config=None, num_frames=21,
-             size=(480, 832), denoising_steps=None, backend="auto", compile=False, cuda_graphs=False,
-             out_dir="outputs", crf=18, prompts=(), **dit_options) -> "Engine":
-        """Load the DiT (``flex.loading.load_dit`` with ``dit_options``), text encoder and VAE."""
+    def from_settings(cls, settings: GenerationSettings, *, recache: str = "window") -> "Engine":
+        """Load the DiT, the text encoder and the VAE that ``settings`` name onto its device.
+
+        ``settings.latent_frames`` is each stream's length; ``settings.out`` the folder for saved
+        videos; ``settings.prompts`` the prompts the page offers.
+        """
         from ..loading import load_dit
 
-        model, _ = load_dit(dit, **dit_options)
+        device, dtype = settings.torch_device, getattr(torch, DTYPES[settings.dtype])
+        model, _ = load_dit(settings.dit, settings.preset, use_ema=WEIGHTS[settings.weights], lora=settings.lora,
+                            lora_alpha=settings.lora_alpha, lora_scale=settings.lora_scale,
+                            trust_pickle=settings.trust_checkpoint)
         model = model.to(device=device, dtype=dtype)
-        text_encoder = WanTextEncoder.from_pretrained(wan_dir, device, dtype, text_len=model.config.text_len)
-        vae = WanVAEDecoder.from_pretrained(wan_dir, device, dtype)
-        steps = {} if denoising_steps is None else {"denoising_steps": denoising_steps}
-        pipe = Pipeline(model, config, backend=backend, compile=compile, cuda_graphs=cuda_graphs, **steps)
-        latent = (size[0] // vae.spatial_ratio, size[1] // vae.spatial_ratio)
-        return cls(pipe, text_encoder, vae, num_frames, latent, Path(out_dir), crf, tuple(prompts))
+        text_encoder = WanTextEncoder.from_pretrained(settings.wan_dir, device, dtype, text_len=model.config.text_len)
+        vae = WanVAEDecoder.from_pretrained(settings.wan_dir, device, dtype)
+        pipe = Pipeline(model, settings.flex, denoising_steps=settings.denoising_steps, backend=settings.backend,
+                        compile=settings.compile, cuda_graphs=settings.cuda_graphs)
+        latent = (settings.height // vae.spatial_ratio, settings.width // vae.spatial_ratio)
+        return cls(pipe, text_encoder, vae, settings.latent_frames, latent, Path(settings.out), settings.crf,
+                   settings.prompts, recache)
 
     @property
     def device(self) -> torch.device:
@@ -66,11 +74,11 @@ class Engine:
         """Prompt embeddings [1, text_len, text_dim] on the model's device."""
         return self.text_encoder.encode([prompt]).to(self.device)
 
-    def open_stream(self, embeddings: torch.Tensor, seed: int):
-        """A live stream (iterate: chunk latents; ``switch(embeddings)``; ``close()``)."""
+    def open_stream(self, embeddings: torch.Tensor, seed: int) -> Stream:
+        """A live :class:`flex.pipeline.Stream` (iterate it; ``switch(embeddings)``; ``close()``)."""
         generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on every device
-        stream = self.pipe.stream(embeddings, self.num_frames, self.latent_size, generator=generator)
-        return stream if hasattr(stream, "switch") else _NoSwitchStream(stream)
+        return self.pipe.stream(embeddings, self.num_frames, self.latent_size, generator=generator,
+                                recache=self.recache)
 
     def decode(self, decoder, latents: torch.Tensor):
         """The next chunk's frames, uint8 numpy [n, H, W, 3], from a ``vae.stream()`` decoder."""
@@ -82,18 +90,3 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-
-class _NoSwitchStream:
-    """Stand-in while Pipeline.stream returns a plain generator: switching is refused."""
-
-    def __init__(self, generator):
-        self._gen = generator
-
-    def __iter__(self):
-        return self._gen
-
-    def switch(self, text) -> None:
-        raise RuntimeError("this pipeline cannot switch prompts while streaming")
-
-    def close(self) -> None:
-        self._gen.close()
