@@ -10,6 +10,7 @@ import time
 import tracemalloc
 
 import pytest
+import websockets.sync.client as websockets_sync
 from PIL import Image
 
 from tiny_assets import make_dit_checkpoint, make_wan_dir
@@ -17,8 +18,6 @@ from flex.cli import CliError
 from flex.serve import cli as serve_cli
 from flex.serve.protocol import MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, RequestError, parse_command
 from flex.video import read_video
-
-websockets_sync = pytest.importorskip("websockets.sync.client")
 
 HEIGHT, WIDTH = 64, 96
 

@@ -7,7 +7,7 @@ PAGE = r"""<!doctype html>
 <title>FLEX live</title>
 <style>
   body { font-family: system-ui, sans-serif; margin: 0; background: #14161a; color: #e8e8e8; }
-  main { max-width: 900px; margin: 0 auto; padding: 16px; }
+  main { max-width: 720px; margin: 0 auto; padding: 16px; }
   h1 { font-size: 20px; margin: 0 0 12px; }
   #screen { width: 100%; aspect-ratio: 832 / 480; background: #000; display: flex;
             align-items: center; justify-content: center; border-radius: 6px; overflow: hidden; }
