@@ -130,6 +130,20 @@ def test_bad_serve_arguments(assets, tmp_path):
         taken.close()
 
 
+def test_no_flex_keeps_the_typed_flags(assets, tmp_path):
+    """--no-flex with flex.cli's typed-option set (SUPPRESS defaults), and without it."""
+    argv = ["serve", "--dit", str(assets["dit"]), "--wan-dir", str(assets["wan"]), "--no-flex", "--sink-frames", "3"]
+    typed = argparse.ArgumentParser(prog="flex", argument_default=argparse.SUPPRESS)
+    serve_cli.add_parser(typed.add_subparsers(dest="command"), defaults=False)
+    explicit = set(vars(typed.parse_known_args(argv)[0]))
+    assert "sink_frames" in explicit and "rope" not in explicit
+    args = serve_args(assets, tmp_path, "--no-flex", "--sink-frames", "3")
+    settings = serve_cli.check_args(args, explicit)
+    assert (settings.flex.sink_frames, settings.flex.strategy, settings.flex.rho) == (3, "none", 0.0)
+    assert serve_cli.check_args(serve_args(assets, tmp_path, "--no-flex")).flex.sink_frames == 0
+    assert settings.prompts == (serve_cli.DEFAULT_PROMPT,)
+
+
 # ---------------------------------------------------------------- streaming
 
 

@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from ..vae import pixel_frames
 from .engine import Engine
 from .page import PAGE
 from .protocol import MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, RequestError, parse_command
@@ -51,7 +52,7 @@ def create_app(engine: Engine) -> Starlette:
 def hello(engine: Engine) -> dict:
     height, width = engine.frame_size
     return {"type": "hello", "fps": engine.fps, "height": height, "width": width,
-            "seconds": round((4 * engine.num_frames - 3) / engine.fps, 2), "device": str(engine.device),
+            "seconds": round(pixel_frames(engine.num_frames) / engine.fps, 2), "device": str(engine.device),
             "prompts": list(engine.prompts),
             "max_prompt_chars": MAX_PROMPT_CHARS, "max_message_bytes": MAX_MESSAGE_BYTES}
 
