@@ -231,6 +231,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                "130 interrupted, 143 terminated (SIGTERM); no partial video is kept",
     )
     _add_generate_args(gen, defaults)
+    from .serve import cli as serve_cli
+
+    serve_cli.add_parser(sub, defaults)
     return parser
 
 
@@ -349,6 +352,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)  # malformed command lines exit here, status 2
     try:
+        if args.command == "serve":
+            from .serve import cli as serve_cli
+
+            return serve_cli.run(args, _explicit(argv))
         with terminate_as_interrupt():
             settings = settings_from_args(args, _explicit(argv))
             generate_videos(settings, log=_log, on_video=_print_result, progress=not args.quiet)
