@@ -78,8 +78,13 @@ def init_process_group(launch: Launch, device: torch.device, timeout_s: float = 
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
-                            timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    store, _, _ = next(dist.rendezvous("env://", launch.rank, launch.world_size, timeout=timeout))
+    # After a torchrun restart (--max-restarts) the store still holds the addresses the dead
+    # ranks published: a prefix per restart keeps the new ranks from connecting to them.
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"flex-restart-{restart}", store)
+    dist.init_process_group(backend, store=store, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
     return True
 
 
