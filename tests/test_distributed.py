@@ -90,6 +90,7 @@ def test_launch_reads_torchrun_environment():
     assert Launch.from_env({}) == Launch(0, 1, 0, 1)
     env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     assert Launch.from_env(env) == Launch(3, 4, 1, 2)
+    assert Launch.from_env({"WORLD_SIZE": "2"}) == Launch(0, 2, 0, 2)  # the rest defaults to one node
     with pytest.raises(ValueError, match="RANK .4. must lie in"):
         Launch.from_env({**env, "RANK": "4"})
     with pytest.raises(ValueError, match="LOCAL_RANK must be an int"):
@@ -196,3 +197,27 @@ def test_torchrun_restart_resumes_without_duplicates(assets, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert _videos(out) == assets["reference"]
     assert sorted(_keys(out)) == sorted(set(_keys(out))) and len(_keys(out)) == 5
+
+
+def test_cli_arguments_and_sequence_parallel_rules(monkeypatch):
+    import argparse
+
+    from flex.distributed.cli import add_arguments, check_sequence_parallel, wants_distributed
+    from flex.generation import SettingsError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--sequence-parallel", "2"])
+    assert args.sequence_parallel == 2 and wants_distributed(args)
+    quiet = argparse.ArgumentParser()
+    add_arguments(quiet, defaults=False)
+    assert vars(quiet.parse_args([])) == {}
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not wants_distributed(parser.parse_args([]))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert wants_distributed(parser.parse_args([]))
+    with pytest.raises(SettingsError, match="must divide the number of processes"):
+        check_sequence_parallel(2, Launch(0, 3, 0, 3))
+    with pytest.raises(SettingsError, match="not available in the generation job"):
+        check_sequence_parallel(2, Launch(0, 2, 0, 2))
+    assert check_sequence_parallel(1, Launch(0, 2, 0, 2)) == 1

@@ -22,9 +22,10 @@ from .launch import Launch, close_process_group, init_process_group, rank_device
 from .work import MANIFEST_NAME, Manifest, Progress, generation_items, pending_items, share, stderr_log
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of the many-process mode, for the ``generate`` parser."""
-    parser.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
+def add_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The options of the many-process mode, for the ``generate`` parser (``defaults=False``:
+    argparse.SUPPRESS, as flex.cli parses a second time to see which flags were typed)."""
+    parser.add_argument("--sequence-parallel", type=int, default=1 if defaults else argparse.SUPPRESS, metavar="N",
                         help="ranks that generate one video together (Ulysses attention over heads; N must "
                              "divide the head count); the world is split into groups of N")
 

@@ -35,8 +35,9 @@ class Launch:
         if "WORLD_SIZE" not in env:
             return cls()
         values = {}
+        missing = {"RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": env["WORLD_SIZE"]}  # one node
         for name in ENV:
-            text = env.get(name, "0" if name.startswith("LOCAL") or name == "RANK" else "1")
+            text = env.get(name, missing.get(name))
             try:
                 values[name.lower()] = int(text)
             except ValueError:
