@@ -114,6 +114,8 @@ class Pipeline:
             from .distributed.sequence import check_parallel
             check_parallel(parallel, model, compile, cuda_graphs)
         self.parallel = parallel
+        # Passed on to the model only when set: models with the single-process signature still work.
+        self._parallel_kw = {} if parallel is None else {"parallel": parallel}
         self.compile, self.cuda_graphs = compile, cuda_graphs
         self.step: ChunkStep | None = None  # the fixed-buffer pass, when compile or cuda_graphs
         self.model = model
@@ -330,7 +332,7 @@ class Pipeline:
                     cache = step.cache
                 else:
                     cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames,
-                                            parallel=self.parallel)
+                                            **self._parallel_kw)
             self.cache = cache
             context = ContextLatents(cfg.sink_frames, cfg.window_frames)
             source.start((batch, num_frames, model.config.in_dim, h, w), device, model.param_dtype)
@@ -355,7 +357,7 @@ class Pipeline:
                     else:
                         pos = self.chunk_tables(cache, f0, n, num_frames)
                         run = (lambda x, t, f0=f0, pos=pos, text_cache=text_cache:
-                               model(x, t, text_cache, cache, f0, pos, self.backend, self.parallel))
+                               model(x, t, text_cache, cache, f0, pos, self.backend, **self._parallel_kw))
                     x = source.initial(f0, n).to(device, ldt)
                     x0 = self._denoise_chunk(run, x, f0, source)
                     if handle.recache != "none":
@@ -394,7 +396,7 @@ class Pipeline:
                               scale=scale, dtype=self.model.table_dtype)
         x = context.latents(frames)
         t = torch.full((x.shape[0], len(frames)), self.context_noise, device=x.device)
-        self.model.recache(x, t, text, cache, frames, pos, self.backend, self.parallel)
+        self.model.recache(x, t, text, cache, frames, pos, self.backend, **self._parallel_kw)
 
     def _denoise_chunk(self, run, x, f0, source: NoiseSource):
         """The 4 denoising passes and the clean pass of one chunk (``run(x, t)`` is one model
