@@ -72,6 +72,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=("ops", "e2e", "all"), default="all", help="what to measure (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
+    p.add_argument("--world", type=int, default=0, metavar="N",
+                   help="also measure sequence parallel over N processes against one (benchmarks/distributed_suite.py)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if present)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                    help="default: bf16 on a GPU and on a CPU with native bf16 (AMX / AVX512-BF16), else fp32")
@@ -166,6 +168,12 @@ def main(argv=None) -> dict:
             # Written after every step, so a run cut short keeps what it measured.
             report.write_all(results, out)
 
+    if args.world:  # sequence-parallel overhead: N processes (gloo on the CPU) against one
+        from benchmarks import distributed_suite
+
+        results["distributed"] = distributed_suite.suite(args.world, device, args.quick)
+        report.write_all(results, out)
+        print(distributed_suite.summary(results["distributed"]))
     print(report.console_table(results))
     if args.compare:
         print(report.compare(results, json.loads(Path(args.compare).read_text())))

@@ -198,6 +198,9 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
     run.add_argument("--cuda-graphs", action="store_true", default=d(False),
                      help="capture each model pass in a CUDA graph and replay it (CUDA only)")
     run.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
+    from .distributed.cli import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(p, defaults)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -358,7 +361,15 @@ def main(argv=None) -> int:
             return serve_cli.run(args, _explicit(argv))
         with terminate_as_interrupt():
             settings = settings_from_args(args, _explicit(argv))
-            generate_videos(settings, log=_log, on_video=_print_result, progress=not args.quiet)
+            from .distributed.cli import run_generate, wants_distributed
+
+            if wants_distributed(args):  # under torchrun: prompt-parallel over the ranks
+                try:
+                    run_generate(settings, args, log=_log, on_video=_print_result)
+                except SettingsError as err:
+                    raise _usage_error(err) from err
+            else:
+                generate_videos(settings, log=_log, on_video=_print_result, progress=not args.quiet)
     except CliError as err:
         _log(f"error: {err}")
         return EXIT_USAGE
