@@ -39,6 +39,10 @@ class VideoReport:
     def seconds(self) -> float:
         return self.frames / self.fps
 
+    def segment_centres(self) -> list[float]:
+        """Centre of each segment in seconds (the x of the curves)."""
+        return [(a + b) / 2 / self.fps for a, b in self.segments]
+
     def to_dict(self) -> dict:
         return {
             "version": REPORT_VERSION, "video": self.video, "fps": self.fps, "frames": self.frames,
