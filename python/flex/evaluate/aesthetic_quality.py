@@ -20,7 +20,8 @@ WEIGHTS = (CLIP_L14, AESTHETIC_HEAD)
 
 def aesthetic_score(embeds: torch.Tensor, head: torch.nn.Linear) -> float:
     """Mean over frames of head(normalised embedding) / 10."""
-    return float((head(F.normalize(embeds.float(), dim=-1)).squeeze(-1) / 10).double().mean())
+    with torch.no_grad():
+        return float((head(F.normalize(embeds.float(), dim=-1)).squeeze(-1) / 10).double().mean())
 
 
 def load_head(weights_dir, embed_dim: int) -> torch.nn.Linear:

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from .preprocess import to_chw
-from .weights import RAFT_LARGE, load_state_dict, weight_path
+from .weights import RAFT_LARGE, RAFT_SMALL, MissingWeightsError, load_state_dict, weight_path
 
 NAME = "dynamic_degree"
 SUMMARY = "VBench: 1 when enough RAFT flow magnitudes (top 5% mean) exceed 6 * min(H, W) / 256 at 8 fps, else 0"
-WEIGHTS = (RAFT_LARGE,)
+WEIGHTS = (RAFT_LARGE,)  # or RAFT_SMALL when the large one is absent
 FLOW_UPDATES = 20
 
 
@@ -56,19 +56,34 @@ def pad_to_8(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
 
 
-def build_raft(state: dict):
+def build_raft(state: dict, size: str = "large"):
+    """torchvision's raft_large (VBench's RAFT) or raft_small, weights loaded."""
     try:
-        from torchvision.models.optical_flow import raft_large
+        from torchvision.models.optical_flow import raft_large, raft_small
     except ImportError:
         raise ImportError(f"{NAME} needs torchvision (RAFT): pip install 'flex-video[eval]'") from None
-    model = raft_large(weights=None, progress=False)
-    model.load_state_dict(state)
+    model = (raft_large if size == "large" else raft_small)(weights=None, progress=False)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{NAME}: the weights are not torchvision's raft_{size}: {err}") from None
     return model.eval()
 
 
+def find_raft(weights_dir) -> tuple:
+    """(path, "large" | "small"): raft_large's file, else raft_small's; else the error names raft_large's."""
+    try:
+        return weight_path(weights_dir, RAFT_LARGE, NAME), "large"
+    except MissingWeightsError as missing_large:
+        try:
+            return weight_path(weights_dir, RAFT_SMALL, NAME), "small"
+        except MissingWeightsError:
+            raise missing_large from None
+
+
 def load(weights_dir, device):
-    path = weight_path(weights_dir, RAFT_LARGE, NAME)
-    model = build_raft(load_state_dict(path, NAME)).to(device)
+    path, size = find_raft(weights_dir)
+    model = build_raft(load_state_dict(path, NAME), size).to(device)
 
     def segment_value(frames, fps: float) -> float:
         x = to_chw(frames)[::sample_interval(fps)]

@@ -23,7 +23,10 @@ def build_musiq(state: dict):
     except ImportError:
         raise ImportError(f"{NAME} needs pyiqa (MUSIQ): pip install 'flex-video[eval]'") from None
     model = MUSIQ(pretrained=False)  # pretrained=False: never fetch weights from the network
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{NAME}: the weights are not pyiqa's MUSIQ (SPAQ): {err}") from None
     return model.eval()
 
 

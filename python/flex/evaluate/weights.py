@@ -7,6 +7,7 @@
       laion_aesthetic/  sa_0_4_vit_l_14_linear.pth          LAION aesthetic predictor, Linear(768, 1)
       musiq/            musiq_spaq_ckpt-358bb6af.pth        pyiqa MUSIQ trained on SPAQ
       raft/             raft_large_C_T_V1-22a6c225.pth      torchvision raft_large state dict (C+T)
+                        (or raft_small_C_T_V1-ad48884c.pth: faster, not what VBench uses)
 
 Nothing is ever downloaded: a missing file raises :class:`MissingWeightsError`, which names
 the file and the metric that needs it.
@@ -24,6 +25,7 @@ CLIP_L14 = "clip_vit_l14"
 AESTHETIC_HEAD = "laion_aesthetic/sa_0_4_vit_l_14_linear.pth"
 MUSIQ_SPAQ = "musiq/musiq_spaq_ckpt-358bb6af.pth"
 RAFT_LARGE = "raft/raft_large_C_T_V1-22a6c225.pth"
+RAFT_SMALL = "raft/raft_small_C_T_V1-ad48884c.pth"
 
 LAYOUT = {  # path under the weights folder -> what it holds and where it comes from
     DINO: "DINO ViT-B/16: a transformers ViTModel folder (config.json + model.safetensors), "
@@ -35,6 +37,7 @@ LAYOUT = {  # path under the weights folder -> what it holds and where it comes 
     AESTHETIC_HEAD: "LAION aesthetic predictor (state dict of nn.Linear(768, 1)), from LAION-AI/aesthetic-predictor",
     MUSIQ_SPAQ: "MUSIQ trained on SPAQ, the pyiqa release file of that name",
     RAFT_LARGE: "torchvision's raft_large weights Raft_Large_Weights.C_T_V1 (the original RAFT 'things' model)",
+    RAFT_SMALL: "torchvision's raft_small weights Raft_Small_Weights.C_T_V1 (used only when raft_large is absent)",
 }
 
 
