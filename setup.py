@@ -73,7 +73,9 @@ def _extensions():
         return [], {}
 
     with_cuda = _want_cuda(torch, CUDA_HOME)
-    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    # csrc/ops: schemas + argument checks; csrc/cpu, csrc/cuda: kernels that register themselves.
+    sources = _sources("csrc/*.cpp") + _sources("csrc/ops/*.cpp") + _sources("csrc/cpu/*.cpp")
+    sources += _sources("csrc/cpu/attention/*.cpp")
     cxx_flags = ["-O3", "-fno-trapping-math"]
     link_flags = []
     if sys.platform.startswith("linux"):

@@ -166,7 +166,7 @@ def _rope_args(**change):
     (dict(x=torch.randn(1, 126, 2, 34)), "must sum to D/2 = 17"),
     (dict(frame_offset=1), "frame rows out of range"),
     (dict(frame_offset=-1), "frame_offset must be >= 0"),
-    (dict(grid_h=0), "grid_h and grid_w must be positive"),
+    (dict(grid_h=0), r"rope3d: grid_h must be >= 1, got 0"),
     (dict(freqs_t=rope_tables(32, 2)[0].double()), "freqs_t must be float32"),
     (dict(freqs_h=rope_tables(32, 2)[1][:6]), "grid_h = 7 exceeds the 6 rows of freqs_h"),
     (dict(freqs_w=rope_tables(32, 2)[2][:, :, 0]), r"freqs_w must be \[N, C, 2\]"),
@@ -337,9 +337,9 @@ def _nrc_args(**change):
     (dict(k_cache=torch.zeros(1, 2, 3 * 63, 32).transpose(1, 2)), "k_cache must be contiguous"),
     (dict(k=torch.randn(1, 126, 3, 32)), "k must have q's shape"),
     (dict(v=torch.randn(1, 126, 2, 32).half()), r"v dtype \(Half\) must match q"),
-    (dict(norm_q_weight=torch.ones(63)), "norm_q_weight must be 1-D with H\\*D = 64 elements"),
+    (dict(norm_q_weight=torch.ones(63)), r"norm_q_weight must have H\*D = 64 elements"),
     (dict(norm_k_weight=torch.ones(64, dtype=torch.int32)), "norm_k_weight must be a float tensor"),
-    (dict(eps=-1.0), "eps must be >= 0"),
+    (dict(eps=-1.0), "eps must be > 0 and finite"),
     (dict(q=torch.randn(1, 125, 2, 32)), "multiple of grid_h"),
     (dict(frame_offset=5), "frame rows out of range"),
 ])
@@ -541,7 +541,7 @@ def _attn_args(**change):
     (dict(v_cache=torch.randn(1, 126, 2, 32)), "v_cache shape"),
     (dict(k_cache=torch.randn(1, 190, 2, 32), v_cache=torch.randn(1, 190, 2, 32)), "multiple of tokens_per_frame"),
     (dict(slot_frame=torch.tensor([0, 1])), "slot_frame must be 1-D with one frame per cache slot"),
-    (dict(slot_frame=torch.tensor([0.0, 1.0, 2.0])), "slot_frame must be int64 or int32"),
+    (dict(slot_frame=torch.tensor([0.0, 1.0, 2.0])), "slot_frame must be int64, got Float"),
     (dict(key_freqs_t=torch.randn(2, 6, 2)), r"key_freqs_t must be \[n_slots, C_t, 2\]"),
     (dict(key_freqs_t=torch.randn(3, 17, 2)), "key_freqs_t must be"),
     (dict(key_freqs_t=torch.randn(3, 6, 2).double()), "key_freqs_t must be float32"),
@@ -621,3 +621,283 @@ def test_ring_attention_negative_scale(dtype):
     ref, ref_lse = reference.ring_attention(q.double(), k64, v64, frames, 63, 3, 1, -0.07, None, True)
     assert_close(out, ref, dtype, "negative scale")
     assert (lse.double() - ref_lse).abs().max() <= LSE_TOL[dtype] * max(1.0, ref_lse.abs().max().item())
+
+
+# --------------------------------------------------------------------------------------------
+# Direct calls of torch.ops.flex.* are memory-safe on any input: sizes, offsets and indices are
+# checked without int64 overflow, and every bad argument is a ValueError that names it.
+
+I64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize("n_frames,frame_offset", [
+    (1, I64_MAX), (2, I64_MAX - 1), (3, 2**63 - 2), (1000, 2**63 - 1000), (1, 2**62 + 1),
+])
+def test_rope3d_frame_offset_overflow(n_frames, frame_offset):
+    """frame_offset + frames overflowing int64 used to pass the bound check (crash / heap values)."""
+    ft, fh, fw = axis_table(64, range(4)), torch.zeros(1, 0, 2), torch.zeros(1, 0, 2)
+    x = torch.ones(1, n_frames, 1, 128)
+    with pytest.raises(ValueError, match=r"rope3d: frame_offset \+ frames = .* \(frame rows out of range\)"):
+        torch.ops.flex.rope3d(x, ft, fh, fw, 1, 1, frame_offset)
+
+
+@pytest.mark.parametrize("frame_offset", [I64_MAX, 2**63 - 2, 2**62])
+def test_norm_rope_cache_write_frame_offset_overflow(frame_offset):
+    cache = _nrc_args()["k_cache"]
+    args = _nrc_args(frame_offset=frame_offset)
+    with pytest.raises(ValueError, match=r"norm_rope_cache_write: frame_offset \+ frames = .*out of range"):
+        torch.ops.flex.norm_rope_cache_write(**args)
+    assert torch.equal(args["k_cache"], cache) and torch.equal(args["v_cache"], cache), "cache written"
+
+
+GRID_OVERFLOW = [
+    ((2**32, 2**32), r"grid_h \* grid_w = 4294967296 \* 4294967296 does not fit in int64"),
+    ((2**31, 2**32), "does not fit in int64"),
+    ((I64_MAX, 2), "does not fit in int64"),
+    ((0, 7), "grid_h must be >= 1, got 0"),
+    ((7, 0), "grid_w must be >= 1, got 0"),
+    ((-1, -1), "grid_h must be >= 1, got -1"),
+    ((7, -2**63), "grid_w must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("grid,match", GRID_OVERFLOW)
+def test_rope3d_grid_overflow(grid, match):
+    """grid_h * grid_w wrapping to 0 used to divide by zero (SIGFPE)."""
+    with pytest.raises(ValueError, match=f"rope3d: .*{match}"):
+        torch.ops.flex.rope3d(**_rope_args(grid_h=grid[0], grid_w=grid[1]))
+
+
+@pytest.mark.parametrize("grid,match", GRID_OVERFLOW)
+def test_norm_rope_cache_write_grid_overflow(grid, match):
+    with pytest.raises(ValueError, match=f"norm_rope_cache_write: .*{match}"):
+        torch.ops.flex.norm_rope_cache_write(**_nrc_args(grid_h=grid[0], grid_w=grid[1]))
+
+
+def test_rope3d_more_bad_input():
+    """Head dim 0, too many planes in one table, a frame grid larger than the tables."""
+    with pytest.raises(ValueError, match="head dim D of x must be even and positive"):
+        torch.ops.flex.rope3d(**_rope_args(x=torch.randn(1, 126, 2, 0)))
+    with pytest.raises(ValueError, match="freqs_t has 17 planes, more than D/2 = 16"):
+        torch.ops.flex.rope3d(**_rope_args(freqs_t=torch.zeros(2, 17, 2)))
+    with pytest.raises(ValueError, match="freqs_h has 2305843009213693952 planes"):  # empty table, huge dim
+        torch.ops.flex.rope3d(**_rope_args(freqs_h=torch.empty(0, 2**61, 2)))
+    with pytest.raises(ValueError, match=r"head dim D of x must have D/2 < 2\^31 planes"):  # int32 plane index
+        torch.ops.flex.rope3d(**_rope_args(x=torch.empty(0, 126, 1, 2**32)))
+    with pytest.raises(ValueError, match="grid_w = 9 exceeds the 3 rows of freqs_w"):
+        torch.ops.flex.rope3d(**_rope_args(freqs_w=rope_tables(32, 2)[2][:3]))
+
+
+def test_rope3d_no_frames():
+    """T = 0: an empty result; frame_offset must still lie within freqs_t (as python/flex/ops.py asks)."""
+    ft, fh, fw = rope_tables(32, 2)
+    x = torch.randn(2, 0, 2, 32)
+    assert torch.ops.flex.rope3d(x, ft, fh, fw, *GRID, 2).shape == x.shape
+    with pytest.raises(ValueError, match="frame rows out of range"):
+        torch.ops.flex.rope3d(x, ft, fh, fw, *GRID, 3)
+
+
+TENSOR_ARGS = {
+    "rope3d": ("x", ["freqs_t", "freqs_h", "freqs_w"]),
+    "norm_rope_cache_write": ("q", ["k", "v", "norm_q_weight", "norm_k_weight", "freqs_t", "freqs_h",
+                                    "freqs_w", "k_cache", "v_cache", "frame_slots"]),
+    "ring_attention": ("q", ["k_cache", "v_cache", "slot_frame", "key_freqs_t"]),
+}
+ARGS = {"rope3d": _rope_args, "norm_rope_cache_write": _nrc_args, "ring_attention": _attn_args}
+
+
+def _device_cases():
+    for op, (ref, names) in TENSOR_ARGS.items():
+        for name in names:
+            yield op, ref, name
+
+
+@pytest.mark.parametrize("op,ref,name", list(_device_cases()))
+def test_argument_on_meta_device(op, ref, name):
+    """One argument on the meta device routes the call to the fake kernel: it must refuse it
+    (it used to return an uninitialised result and leave the cache unwritten)."""
+    args = ARGS[op]()
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=rf"{op}: {name} is on meta but {ref} is on cpu"):
+        getattr(torch.ops.flex, op)(**args)
+
+
+@pytest.mark.parametrize("op", sorted(TENSOR_ARGS))
+def test_all_arguments_on_meta_device(op):
+    """All tensors on meta (shape inference) is consistent and still works."""
+    args = {n: a.to("meta") if isinstance(a, torch.Tensor) else a for n, a in ARGS[op]().items()}
+    out = getattr(torch.ops.flex, op)(**args)
+    out = out[0] if isinstance(out, tuple) else out
+    assert out.device.type == "meta" and out.shape == args[TENSOR_ARGS[op][0]].shape
+
+
+@CUDA
+@pytest.mark.parametrize("op,ref,name", [c for c in _device_cases() if c[0] != "ring_attention"])
+def test_argument_on_other_device_cuda(op, ref, name):
+    """The C++ checks: one CPU argument of a CUDA call is refused by name."""
+    args = {n: (a.cuda() if isinstance(a, torch.Tensor) and n != name else a) for n, a in ARGS[op]().items()}
+    with pytest.raises(ValueError, match=rf"{op}: {name} is on cpu but {ref} is on cuda"):
+        getattr(torch.ops.flex, op)(**args)
+
+
+@pytest.mark.parametrize("eps", [0.0, -0.0, -1e-6, float("nan"), float("inf"), float("-inf")])
+def test_norm_rope_cache_write_eps(eps):
+    """eps must be > 0 and finite (with eps = 0 an all-zero token gives NaN)."""
+    with pytest.raises(ValueError, match="norm_rope_cache_write: eps must be > 0 and finite"):
+        torch.ops.flex.norm_rope_cache_write(**_nrc_args(eps=eps))
+
+
+def test_norm_rope_cache_write_zero_input_is_finite():
+    zeros = torch.zeros(1, 126, 2, 32)
+    args = _nrc_args(q=zeros, k=zeros.clone(), v=zeros.clone())
+    q_out = torch.ops.flex.norm_rope_cache_write(**args)
+    assert torch.equal(q_out, zeros) and torch.isfinite(args["k_cache"]).all()
+
+
+def test_norm_rope_cache_write_weight_of_any_shape():
+    """python/flex/ops.py takes a norm weight of H*D elements in any shape: so does C++."""
+    w = torch.rand(2, 32) + 0.5
+    a = _nrc_args(norm_q_weight=w, norm_k_weight=w)
+    b = _nrc_args(q=a["q"], k=a["k"], v=a["v"], norm_q_weight=w.flatten(), norm_k_weight=w.flatten())
+    assert torch.equal(torch.ops.flex.norm_rope_cache_write(**a), torch.ops.flex.norm_rope_cache_write(**b))
+    assert torch.equal(a["k_cache"], b["k_cache"]) and torch.equal(a["v_cache"], b["v_cache"])
+    with pytest.raises(ValueError, match="norm_k_weight must be a float tensor"):
+        torch.ops.flex.norm_rope_cache_write(**_nrc_args(norm_k_weight=torch.ones(64, dtype=torch.bool)))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(frame_slots=torch.tensor([0, 2**40])), r"frame_slots\[1\] = 1099511627776 is out of range"),
+    (dict(frame_slots=torch.tensor([-2**63, 0])), r"frame_slots\[0\] = -9223372036854775808 is out of range"),
+    (dict(frame_slots=torch.tensor([2, 2**31 - 1], dtype=torch.int32)), r"frame_slots\[1\] = 2147483647"),
+    (dict(frame_slots=torch.tensor([0, 1], dtype=torch.int16)), "frame_slots must be int32 or int64, got Short"),
+    (dict(frame_slots=torch.tensor([[0, 1]])), "frame_slots must be 1-D"),
+    (dict(k_cache=torch.zeros(1, 0, 2, 32), v_cache=torch.zeros(1, 0, 2, 32)),
+     r"frame_slots\[0\] = 0 is out of range for a cache of 0 slots"),
+    (dict(k_cache=torch.zeros(189, 2, 32)), "k_cache must be 4-D"),
+    (dict(v_cache=torch.zeros(1, 189, 2, 32, 1)), "v_cache must be 4-D"),
+    (dict(k_cache=torch.zeros(2, 189, 2, 32)), r"k_cache must be \[B, n_slots"),
+    (dict(k_cache=torch.zeros(1, 189, 2, 32, dtype=torch.float64)), r"k_cache dtype \(Double\) must match q"),
+    (dict(k=torch.randn(1, 126, 2, 64)[..., ::2]), "last dim of k must be contiguous"),
+    (dict(v=torch.randn(1, 126, 2, 32, dtype=torch.float64)), r"v dtype \(Double\) must match q"),
+    (dict(q=torch.randn(1, 126, 2, 32, dtype=torch.float64)), r"k dtype \(Float\) must match q \(Double\)"),
+    (dict(q=torch.randn(1, 126, 2, 0), k=torch.randn(1, 126, 2, 0), v=torch.randn(1, 126, 2, 0)),
+     "head dim D of q must be even and positive"),
+    (dict(freqs_t=rope_tables(32, 2)[0][:1]), "frame rows out of range"),
+])
+def test_norm_rope_cache_write_more_bad_input(change, match):
+    args = _nrc_args(**change)
+    with pytest.raises(ValueError, match=f"norm_rope_cache_write: .*{match}"):
+        torch.ops.flex.norm_rope_cache_write(**args)
+
+
+def test_norm_rope_cache_write_overlapping_caches():
+    """The kernel reads q, k, v while it writes the caches in parallel: they must not overlap."""
+    buf = torch.zeros(2, 1, 3 * 63, 2, 32)
+    args = _nrc_args(k_cache=buf[0], v_cache=buf[1])  # one buffer, disjoint halves: fine
+    torch.ops.flex.norm_rope_cache_write(**args)
+    assert buf.abs().sum() > 0
+    with pytest.raises(ValueError, match="k_cache and v_cache must not share memory"):
+        torch.ops.flex.norm_rope_cache_write(**_nrc_args(k_cache=buf[0], v_cache=buf[0]))
+    cache = torch.zeros(1, 2 * 63, 2, 32)
+    with pytest.raises(ValueError, match="k_cache and k must not share memory"):
+        torch.ops.flex.norm_rope_cache_write(**_nrc_args(k=cache, k_cache=cache, v_cache=torch.zeros_like(cache),
+                                                         frame_slots=torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="v_cache and q must not share memory"):
+        torch.ops.flex.norm_rope_cache_write(**_nrc_args(q=cache, v_cache=cache, k_cache=torch.zeros_like(cache),
+                                                         frame_slots=torch.tensor([0, 1])))
+
+
+def test_norm_rope_cache_write_no_frames():
+    """T = 0: empty q_out, caches untouched."""
+    empty = torch.randn(1, 0, 2, 32)
+    args = _nrc_args(q=empty, k=empty.clone(), v=empty.clone(), frame_slots=torch.tensor([], dtype=torch.int64))
+    assert torch.ops.flex.norm_rope_cache_write(**args).shape == empty.shape
+    assert (args["k_cache"] == 0).all() and (args["v_cache"] == 0).all()
+
+
+@CUDA
+def test_norm_rope_cache_write_cuda_skips_negative_and_huge_slots():
+    tpf = GRID[0] * GRID[1]
+    q, k, v = qkv_inputs(1, 3 * tpf, 2, 32, torch.float32, "cuda", False)
+    tables = rope_tables(32, 3, device="cuda")
+    kc, vc = poisoned((1, 2 * tpf, 2, 32), torch.float32, "cuda"), poisoned((1, 2 * tpf, 2, 32), torch.float32, "cuda")
+    slots = torch.tensor([-1, 2**40, 1], device="cuda")
+    torch.ops.flex.norm_rope_cache_write(q, k, v, None, None, 1e-6, *tables, *GRID, 0, kc, vc, slots, True)
+    torch.cuda.synchronize()
+    assert torch.isnan(kc[:, :tpf]).all() and torch.isnan(vc[:, :tpf]).all()
+    assert not torch.isnan(kc[:, tpf:]).any() and not torch.isnan(vc[:, tpf:]).any()
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(slot_frame=torch.tensor([0, 1, -1], dtype=torch.int32)), "slot_frame must be int64, got Int"),
+    (dict(slot_frame=torch.tensor([[0, 1, -1]])), "slot_frame must be 1-D"),
+    (dict(tokens_per_frame=-63), "tokens_per_frame must be positive"),
+    (dict(tokens_per_frame=-2**63), "tokens_per_frame must be positive"),
+    (dict(q_first_frame=-1), "q_first_frame must be >= 0, got -1"),
+    (dict(chunk_frames=-1), "chunk_frames must be >= 0"),
+    (dict(q_first_frame=I64_MAX), r"q_first_frame \+ query frames \+ chunk_frames = .* does not fit in int64"),
+    (dict(q_first_frame=2**63 - 2, chunk_frames=0), "does not fit in int64"),
+    (dict(chunk_frames=I64_MAX), "does not fit in int64"),
+    (dict(scale=float("nan")), "scale must be finite, got nan"),
+    (dict(scale=float("inf")), "scale must be finite"),
+    (dict(scale=-float("inf")), "scale must be finite"),
+    (dict(key_freqs_t=torch.randn(3, 6)), r"key_freqs_t must be \[n_slots, C_t, 2\]"),
+    (dict(key_freqs_t=torch.randn(3, 6, 3)), r"key_freqs_t must be \[n_slots, C_t, 2\]"),
+    (dict(v_cache=torch.randn(1, 189, 2, 32).half()), r"v_cache dtype \(Half\) must match q \(Float\)"),
+    (dict(v_cache=torch.randn(1, 189, 2, 64)[..., ::2]), "last dim of v_cache must be contiguous"),
+    (dict(k_cache=torch.randn(189, 2, 32)), "k_cache must be 4-D"),
+    (dict(q=torch.randn(1, 63, 2, 0), k_cache=torch.randn(1, 189, 2, 0), v_cache=torch.randn(1, 189, 2, 0),
+          key_freqs_t=None), "head dim D of q must be positive"),
+])
+def test_ring_attention_more_bad_input(change, match):
+    with pytest.raises(ValueError, match=f"ring_attention: .*{match}"):
+        torch.ops.flex.ring_attention(**_attn_args(**change))
+
+
+@pytest.mark.parametrize("shape,n_slots", [((1, 0, 2, 32), 3), ((0, 63, 2, 32), 3), ((1, 63, 0, 32), 3),
+                                           ((1, 63, 2, 32), 0)])
+def test_ring_attention_empty(shape, n_slots):
+    """Empty queries or an empty cache: well-formed outputs, no uninitialised values."""
+    b, tq, h, d = shape
+    k = torch.randn(b, n_slots * 63, h, d)
+    args = _attn_args(q=torch.randn(shape), k_cache=k, v_cache=k.clone(), slot_frame=torch.zeros(n_slots, dtype=torch.int64),
+                      key_freqs_t=torch.randn(n_slots, 6, 2))
+    out, lse = torch.ops.flex.ring_attention(**args)
+    assert out.shape == shape and lse.shape == (b, h, tq)
+    assert (out == 0).all() and (lse == float("-inf")).all()
+
+
+def test_ring_attention_huge_frames():
+    """Frames near the int64 limit that pass the checks mask correctly (no overflow)."""
+    q, k, v, _ = ring_inputs(torch.float32, [0, 1, 2], n_q_frames=1, heads=2, head_dim=32, batch=1)
+    first = I64_MAX - 10
+    frames = torch.tensor([first - 1, first, first + 1])
+    k64, v64 = k.double(), v.double()
+    out, lse = torch.ops.flex.ring_attention(q, k, v, frames, 63, first, 2, 0.2, None, True)
+    ref, ref_lse = reference.ring_attention(q.double(), k64, v64, frames, 63, first, 2, 0.2, None, True)
+    assert_close(out, ref, torch.float32, "huge frames")
+    torch.testing.assert_close(lse.double(), ref_lse.double(), rtol=1e-5, atol=1e-5)
+
+
+BAD_PUBLIC_CALLS = {
+    "rope3d frame_offset overflow": ("rope3d", dict(frame_offset=I64_MAX)),
+    "rope3d grid overflow": ("rope3d", dict(grid_h=2**32, grid_w=2**32)),
+    "norm eps 0": ("norm_rope_cache_write", dict(eps=0.0)),
+    "norm frame_offset overflow": ("norm_rope_cache_write", dict(frame_offset=I64_MAX)),
+    "norm slot out of range": ("norm_rope_cache_write", dict(frame_slots=torch.tensor([0, 3]))),
+    "attention int32 slot_frame": ("ring_attention", dict(slot_frame=torch.tensor([0, 1, -1], dtype=torch.int32))),
+    "attention negative q_first_frame": ("ring_attention", dict(q_first_frame=-1)),
+    "attention nan scale": ("ring_attention", dict(scale=float("nan"))),
+    "attention q_first_frame overflow": ("ring_attention", dict(q_first_frame=I64_MAX)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PUBLIC_CALLS))
+def test_public_ops_and_cpp_agree_on_bad_input(case):
+    """The same bad call is a ValueError through flex.ops (backend="cpp") and through torch.ops.flex."""
+    from flex import ops
+    op, change = BAD_PUBLIC_CALLS[case]
+    with pytest.raises(ValueError):
+        getattr(torch.ops.flex, op)(**ARGS[op](**change))
+    with pytest.raises(ValueError):
+        getattr(ops, op)(**ARGS[op](**change), backend="cpp")

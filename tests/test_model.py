@@ -55,7 +55,7 @@ def test_1_3b_parameter_names_and_shapes():
 def test_presets_and_unknown_preset():
     assert wan_config("tiny").head_dim == 32
     assert wan_config("tiny", num_layers=3).num_layers == 3
-    with pytest.raises(ValueError, match=r"preset must be one of \['tiny', 'wan2.1-t2v-1.3b'\]"):
+    with pytest.raises(ValueError, match=r"preset must be one of \['tiny', 'wan2.1-t2v-1.3b', 'wan2.1-t2v-14b'\]"):
         CausalWanModel("wan2.2")
     with pytest.raises(ValueError, match="num_heads"):
         wan_config("tiny", num_heads=3)

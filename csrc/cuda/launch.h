@@ -12,7 +12,7 @@ namespace flex::cuda {
 cudaError_t rope3d(const Rope3dParams& p, cudaStream_t stream);
 
 // Cache writes of tokens whose frame_slots entry is out of [0, n_slots) are skipped (the device
-// does not report it; the CPU binding rejects such slots).
+// does not report it; on CPU the argument checks reject such slots).
 cudaError_t norm_rope_cache_write(const NormRopeCacheParams& p, cudaStream_t stream);
 
 }  // namespace flex::cuda

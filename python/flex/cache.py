@@ -120,6 +120,14 @@ class SlotTable:
         """``slot_frame`` as it will be once ``frames`` are recorded in ``slots`` (device ops)."""
         return self.slot_frame.clone().index_copy_(0, slots, frames)
 
+    def resident_frames(self) -> list[int]:
+        """The frames the slots hold once frames [0, frames_written) were written in order (host)."""
+        if not self.in_order:
+            raise ValueError("the resident frames are known on the host only when frames were written in order")
+        end = self.frames_written
+        sink = list(range(min(self.sink_frames, end)))
+        return sink + list(range(max(self.sink_frames, end - self.window_frames), end))
+
     def resident_prefix_tokens(self) -> int | None:
         """Tokens of the resident prefix, or None when the resident slots are not a prefix.
 

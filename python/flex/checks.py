@@ -34,7 +34,7 @@ def check_float(name: str, value, low: float | None = None, high: float | None =
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        raise ValueError(f"{name} must be a finite number in {_interval(low, high, not low_open, not high_open)}, "
+        raise ValueError(f"{name} must be in {_interval(low, high, not low_open, not high_open)} and finite, "
                          f"got {value!r}")
     return value
 

@@ -161,6 +161,17 @@ class ChunkStep:
                 sv.copy_(v)
         self.cache.reset()
 
+    def set_text(self, text: TextCache) -> None:
+        """Copy another prompt's cross-attention K/V into the static buffers (a prompt switch)."""
+        if self.text is None:
+            raise RuntimeError("call begin_stream(text) before switching the prompt")
+        if text.batch != self.batch or len(text) != len(self.text) or any(
+                a.shape != b.shape or a.dtype != b.dtype for (a, _), (b, _) in zip(self.text.kv, text.kv)):
+            raise ValueError("the new prompt's K/V must have the shapes of the stream's (same batch and text_len)")
+        for (sk, sv), (k, v) in zip(self.text.kv, text.kv):
+            sk.copy_(k)
+            sv.copy_(v)
+
     def set_chunk(self, first_frame: int, rope: Rope3D, position_shift: int = 0, scale: float | None = None) -> None:
         """Point the buffers at chunk [first_frame, +chunk_frames) with positions from ``rope``."""
         if not isinstance(position_shift, int) or not 0 <= position_shift <= first_frame:

@@ -33,13 +33,13 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 
 from . import ops
-from .checks import check_bool, check_float
+from .checks import check_bool, check_choice, check_float, check_int
 from .cache import ModelKVCache, TextCache
 from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
 from .models.wan import CausalWanModel
 from .noise import ChunkNoise, GivenNoise, NoiseSource
-from .positions import ChunkPositions, PositionPolicy, chunk_positions
+from .positions import ChunkPositions, PositionPolicy, chunk_positions, frame_positions
 from .rope import Rope3D
 from .schedule import SELF_FORCING_STEPS, FlowMatchSchedule
 
@@ -140,18 +140,30 @@ class Pipeline:
 
     # ------------------------------------------------------------ validation
 
+    def text_batch(self, text, name: str = "text") -> int:
+        """The batch size of a prompt (embeddings [B, L, text_dim] or a TextCache); checks it."""
+        mcfg = self.model.config
+        if isinstance(text, TextCache):
+            if len(text) != self.model.num_layers:
+                raise ValueError(f"{name} (a TextCache) was encoded by a model with another layer count")
+            return text.batch
+        if isinstance(text, torch.Tensor) and text.dim() == 3 and text.shape[-1] == mcfg.text_dim \
+                and 1 <= text.shape[1] <= mcfg.text_len and text.is_floating_point():
+            return text.shape[0]
+        shape = tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__
+        raise ValueError(f"{name} must be [B, L <= {mcfg.text_len}, {mcfg.text_dim}] embeddings or a TextCache, "
+                         f"got {shape}")
+
+    def encode_prompt(self, text) -> TextCache:
+        """The cross-attention K/V of a prompt, computed once (a TextCache is used as is)."""
+        if isinstance(text, TextCache):
+            return text
+        with torch.no_grad():
+            return self.model.encode_text(text)
+
     def _validate(self, text, num_frames, latent_size, noise, renoise, generator):
         mcfg, cfg = self.model.config, self.config
-        if isinstance(text, TextCache):
-            batch = text.batch
-            if len(text) != self.model.num_layers:
-                raise ValueError("text (a TextCache) was encoded by a model with another layer count")
-        elif isinstance(text, torch.Tensor) and text.dim() == 3 and text.shape[-1] == mcfg.text_dim \
-                and 1 <= text.shape[1] <= mcfg.text_len:
-            batch = text.shape[0]
-        else:
-            shape = tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__
-            raise ValueError(f"text must be [B, L <= {mcfg.text_len}, {mcfg.text_dim}] or a TextCache, got {shape}")
+        batch = self.text_batch(text)
         if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
             raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
         if num_frames % cfg.chunk_frames:
@@ -186,7 +198,7 @@ class Pipeline:
 
     def stream(
         self,
-        text: torch.Tensor | TextCache,
+        text: torch.Tensor | TextCache | None,
         num_frames: int,
         latent_size: tuple[int, int] | None = None,
         *,
@@ -195,8 +207,10 @@ class Pipeline:
         generator: torch.Generator | None = None,
         callback: Callable[[ChunkInfo, torch.Tensor], None] | None = None,
         progress: bool = False,
-    ) -> Iterator[torch.Tensor]:
-        """Yield each finished chunk's clean latents [B, chunk_frames, 16, H, W] in order.
+        prompts: Sequence[tuple[int, torch.Tensor | TextCache]] | None = None,
+        recache: str = "window",
+    ) -> "Stream":
+        """A :class:`Stream` of each finished chunk's clean latents [B, chunk_frames, 16, H, W].
 
         text: prompt embeddings [B, L, text_dim] (zero-padded to text_len like Wan) or a
         TextCache. noise: a :class:`flex.noise.NoiseSource` (e.g. ``UpstreamNoise(seed)``:
@@ -204,23 +218,57 @@ class Pipeline:
         (used as given: ANS then does not apply); renoise: one whole-video tensor per step
         after the first. Noise not given is drawn from ``generator`` (global RNG when None), per
         chunk, initial noise first, then the re-noising of each step (:class:`ChunkNoise`).
-        Everything is validated before anything is computed.
+
+        prompts: a schedule [(first_frame, text), ...] (strictly increasing frames in
+        [0, num_frames); with ``text=None`` the first entry must be at frame 0): the prompt
+        switches before the first chunk that starts at or after its frame, as LongLive does.
+        ``Stream.switch(text)`` switches live, before the next chunk. ``recache`` says what
+        happens to the cached K/V at a switch (see :data:`RECACHE_MODES`). Everything is
+        validated before anything is computed.
         """
         tensor_noise = noise if isinstance(noise, torch.Tensor) or noise is None else None
         if noise is not None and tensor_noise is None and not isinstance(noise, NoiseSource):
             raise ValueError(f"noise must be a NoiseSource, a tensor or None, got {type(noise).__name__}")
         if isinstance(noise, NoiseSource) and (renoise is not None or generator is not None):
             raise ValueError("noise is a NoiseSource: it draws every noise itself, so renoise and generator must be None")
+        check_choice("recache", recache, RECACHE_MODES)
+        text, schedule = self._schedule(text, prompts, num_frames)
         batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
+        for i, (_, entry) in enumerate(schedule):
+            if self.text_batch(entry, f"prompts[{i}]") != batch:
+                raise ValueError(f"prompts[{i}] has batch {self.text_batch(entry)}, the stream has batch {batch}")
         source = noise if isinstance(noise, NoiseSource) else self.default_noise(generator)
         if tensor_noise is not None or renoise is not None:
             source = GivenNoise(tensor_noise, renoise, source)
-        return self._stream(text, num_frames, batch, h, w, source, callback, progress)
+        stream = Stream(self, batch, recache)
+        stream._chunks = self._stream(stream, text, schedule, num_frames, batch, h, w, source, callback, progress)
+        return stream
 
-    def default_noise(self, generator: torch.Generator | None = None) -> NoiseSource:
-        """ANS initial noise, re-noising antiphase only with ``ans_renoise`` (FlexConfig)."""
-        cfg = self.config
-        return ChunkNoise(cfg.rho, cfg.rho if cfg.ans_renoise else 0.0, generator)
+    def _schedule(self, text, prompts, num_frames):
+        """(first prompt, [(frame, prompt)] of the later switches), validated."""
+        if prompts is None:
+            if text is None:
+                raise ValueError("text must be given (or a prompts schedule starting at frame 0)")
+            return text, []
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+            raise ValueError("prompts must be a non-empty list of (first_frame, text) pairs")
+        entries = []
+        for i, entry in enumerate(prompts):
+            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+                raise ValueError(f"prompts[{i}] must be a (first_frame, text) pair, got {entry!r:.60}")
+            frame = check_int(f"prompts[{i}] first_frame", entry[0], 0, num_frames - 1 if isinstance(num_frames, int)
+                              and num_frames > 0 else None)
+            if entries and frame <= entries[-1][0]:
+                raise ValueError(f"prompts[{i}] first_frame {frame} must be after prompts[{i - 1}]'s "
+                                 f"{entries[-1][0]} (the schedule is sorted, one prompt per frame)")
+            entries.append((frame, entry[1]))
+        if text is None:
+            if entries[0][0] != 0:
+                raise ValueError(f"prompts[0] must start at frame 0 when text is None, got {entries[0][0]}")
+            return entries[0][1], entries[1:]
+        if entries[0][0] == 0:
+            raise ValueError("text and prompts[0] both give the prompt of frame 0: pass text=None")
+        return text, entries
 
     def generate(self, text, num_frames: int, latent_size=None, **kwargs) -> torch.Tensor:
         """All latents [B, num_frames, 16, H, W] (see :meth:`stream` for the arguments)."""
@@ -233,7 +281,12 @@ class Pipeline:
             f += chunk.shape[1]
         return out
 
-    def _stream(self, text, num_frames, batch, h, w, source, callback, progress):
+    def default_noise(self, generator: torch.Generator | None = None) -> NoiseSource:
+        """ANS initial noise, re-noising antiphase only with ``ans_renoise`` (FlexConfig)."""
+        cfg = self.config
+        return ChunkNoise(cfg.rho, cfg.rho if cfg.ans_renoise else 0.0, generator)
+
+    def _stream(self, handle, text, schedule, num_frames, batch, h, w, source, callback, progress):
         model, cfg = self.model, self.config
         device, ldt = model.device, model.stream_dtype
         n = cfg.chunk_frames
@@ -257,7 +310,7 @@ class Pipeline:
         try:
             # Grad mode is switched off per chunk, never across a yield (the caller's code runs there).
             with torch.no_grad():
-                text_cache = text if isinstance(text, TextCache) else model.encode_text(text)
+                text_cache = self.encode_prompt(text)
                 if fixed:
                     step = self.chunk_step(batch, h // ph, w // pw)
                     step.begin_stream(text_cache)
@@ -265,20 +318,34 @@ class Pipeline:
                 else:
                     cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames)
             self.cache = cache
+            context = ContextLatents(cfg.sink_frames, cfg.window_frames)
             source.start((batch, num_frames, model.config.in_dim, h, w), device, model.param_dtype)
+            pending = list(schedule)
             start = time.perf_counter()
             for c in range(n_chunks):
                 f0 = c * n
+                while pending and pending[0][0] <= f0:  # scheduled switches reached by this chunk
+                    handle.switch(pending.pop(0)[1])
                 with torch.no_grad():
+                    new_text = handle._take_switch()
+                    if new_text is not None:
+                        text_cache = new_text
+                        if fixed:
+                            step.set_text(new_text)
+                        self._recache(handle.recache, cache, step.text if fixed else text_cache, context, f0,
+                                      num_frames)
+                        handle.switches.append(f0)
                     if fixed:
                         step.set_chunk(f0, *self.chunk_positions(f0, n, num_frames))
                         run = step
                     else:
                         pos = self.chunk_tables(cache, f0, n, num_frames)
-                        run = (lambda x, t, f0=f0, pos=pos:
+                        run = (lambda x, t, f0=f0, pos=pos, text_cache=text_cache:
                                model(x, t, text_cache, cache, f0, pos, self.backend))
                     x = source.initial(f0, n).to(device, ldt)
                     x0 = self._denoise_chunk(run, x, f0, source)
+                    if handle.recache != "none":
+                        context.add(f0, x0)
                 if report:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
@@ -294,6 +361,26 @@ class Pipeline:
                 self._live_stream = None
             if bar is not None:
                 bar.close()
+
+    def _recache(self, mode: str, cache: ModelKVCache, text: TextCache, context: "ContextLatents", f0: int,
+                 num_frames: int) -> None:
+        """At a switch before chunk f0: recompute the K/V of the resident frames ``mode`` names
+        under the new prompt, in one pass at t = context_noise placed like the previous chunk's
+        clean pass (its RoPE thetas, shift and scale)."""
+        if mode == "none" or f0 == 0:
+            return
+        resident = cache.table.resident_frames()
+        frames = resident if mode == "all" else [f for f in resident if f >= cache.sink_frames]
+        if not frames:
+            return
+        n = self.config.chunk_frames
+        rope, shift, scale = self.chunk_positions(f0 - n, n, num_frames)
+        pos = frame_positions(rope, cache.table, torch.tensor(frames, device=cache.device), cache.grid_h,
+                              cache.grid_w, position_shift=shift, rotate_on_load=self.config.rotate_on_load,
+                              scale=scale, dtype=self.model.table_dtype)
+        x = context.latents(frames)
+        t = torch.full((x.shape[0], len(frames)), self.context_noise, device=x.device)
+        self.model.recache(x, t, text, cache, frames, pos, self.backend)
 
     def _denoise_chunk(self, run, x, f0, source: NoiseSource):
         """The 4 denoising passes and the clean pass of one chunk (``run(x, t)`` is one model
@@ -313,4 +400,70 @@ class Pipeline:
         return x0
 
 
-__all__ = ["ChunkInfo", "DEFAULT_LATENT_SIZE", "Pipeline"]
+RECACHE_MODES = ("window", "all", "none")
+"""What a prompt switch does to the cached K/V:
+
+* ``"window"`` (default): the resident window frames are recomputed under the new prompt; the
+  sink frames keep the K/V of the prompt they were generated with (LongLive with
+  ``global_sink``: its sink survives switches);
+* ``"all"``: every resident frame, the sink included, is recomputed under the new prompt;
+* ``"none"``: the cached K/V stay as they are; only the cross-attention K/V change.
+
+Recomputed frames run in one pass at t = context_noise, each attending to every resident
+frame, as LongLive's ``_recache_after_switch`` runs its last ``local_attn_size`` frames.
+"""
+
+
+class ContextLatents:
+    """The clean latents of the resident frames (the sink frames and the last window), kept
+    so that their K/V can be recomputed at a prompt switch."""
+
+    def __init__(self, sink_frames: int, window_frames: int):
+        self.sink_frames, self.window_frames = sink_frames, window_frames
+        self.frames: dict[int, torch.Tensor] = {}
+
+    def add(self, first_frame: int, x0: torch.Tensor) -> None:
+        """Record chunk x0 [B, n, ...] of frames [first_frame, +n); forget evicted frames."""
+        end = first_frame + x0.shape[1]
+        for i in range(x0.shape[1]):
+            self.frames[first_frame + i] = x0[:, i]
+        keep = end - self.window_frames
+        for f in [f for f in self.frames if self.sink_frames <= f < keep]:
+            del self.frames[f]
+
+    def latents(self, frames) -> torch.Tensor:
+        return torch.stack([self.frames[f] for f in frames], dim=1)
+
+
+class Stream:
+    """A running generation: iterate it for each chunk's latents; ``switch(text)`` changes the
+    prompt before the next chunk (its K/V are computed once, at the switch); ``close()`` stops."""
+
+    def __init__(self, pipeline: Pipeline, batch: int, recache: str):
+        self.pipeline, self.batch, self.recache = pipeline, batch, recache
+        self.switches: list[int] = []  # first frames of the chunks that started with a new prompt
+        self._pending = None
+        self._chunks: Iterator[torch.Tensor] | None = None
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return next(self._chunks)
+
+    def switch(self, text: torch.Tensor | TextCache) -> None:
+        """Use ``text`` (embeddings [B, L, text_dim] or a TextCache) from the next chunk on."""
+        batch = self.pipeline.text_batch(text)
+        if batch != self.batch:
+            raise ValueError(f"text has batch {batch}, the stream has batch {self.batch}")
+        self._pending = self.pipeline.encode_prompt(text)
+
+    def _take_switch(self) -> TextCache | None:
+        text, self._pending = self._pending, None
+        return text
+
+    def close(self) -> None:
+        self._chunks.close()
+
+
+__all__ = ["ChunkInfo", "ContextLatents", "DEFAULT_LATENT_SIZE", "Pipeline", "RECACHE_MODES", "Stream"]

@@ -80,8 +80,27 @@ def chunk_positions(
     """
     _check_shift(first_frame, position_shift, rotate_on_load)
     table.check_chunk(first_frame, n_frames)
+    frames = chunk_frames_tensor(first_frame, n_frames, table.device)
+    return frame_positions(rope, table, frames, grid_h, grid_w, position_shift=position_shift,
+                           rotate_on_load=rotate_on_load, scale=scale, dtype=dtype)
+
+
+def frame_positions(
+    rope: Rope3D,
+    table: SlotTable,
+    frames: torch.Tensor,
+    grid_h: int,
+    grid_w: int,
+    *,
+    position_shift=0,
+    rotate_on_load: bool = False,
+    scale: float | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> ChunkPositions:
+    """:func:`chunk_positions` for any frames already checked to fit the cache (e.g. the
+    resident frames re-cached at a prompt switch): a frame f sits at position f when it is a
+    sink frame, else at f - position_shift -- for queries and keys alike."""
     device = table.device
-    frames = chunk_frames_tensor(first_frame, n_frames, device)
     slots = table.slots_of(frames)
     if scale is None:
         head_dim = 2 * (rope.thetas_t.numel() + rope.thetas_h.numel() + rope.thetas_w.numel())
@@ -91,9 +110,10 @@ def chunk_positions(
         held = table.after(frames, slots)
         pos = torch.where(held < table.sink_frames, held, held - position_shift).clamp_min(0)
         key_ft = cos_sin(pos, rope.thetas_t, dtype)  # empty slots (-1) are masked; any row will do
+    query_pos = torch.where(frames < table.sink_frames, frames, frames - position_shift)
     return ChunkPositions(
         frames, slots,
-        cos_sin(frames - position_shift, rope.thetas_t, dtype),
+        cos_sin(query_pos, rope.thetas_t, dtype),
         cos_sin(torch.arange(grid_h, device=device), rope.thetas_h, dtype),
         cos_sin(torch.arange(grid_w, device=device), rope.thetas_w, dtype),
         key_ft, float(scale),
@@ -139,4 +159,4 @@ class PositionPolicy:
         return self.rope_for_length(length), shift, scale
 
 
-__all__ = ["ChunkPositions", "PositionPolicy", "chunk_positions"]
+__all__ = ["ChunkPositions", "PositionPolicy", "chunk_positions", "frame_positions"]

@@ -1,9 +1,11 @@
-"""Prompt encoding with Wan's UMT5 text encoder (transformers), from a Diffusers-format Wan folder.
+"""Prompt encoding with Wan's UMT5 text encoder (transformers), from a Wan2.1 folder of either kind.
 
-The folder holds ``text_encoder/`` (``UMT5EncoderModel``: config.json + safetensors) and
-``tokenizer/`` (the umt5-xxl tokenizer). Encoding follows Wan / Self Forcing exactly:
+The folder is a Diffusers-format one (``text_encoder/`` = ``UMT5EncoderModel``, ``tokenizer/``)
+or the original download (``models_t5_umt5-xxl-enc-bf16.pth`` in Wan's own layout, mapped onto
+``UMT5EncoderModel`` by :mod:`flex.loading.wan_t5`; ``google/umt5-xxl/`` = the tokenizer); the
+files tell which (:mod:`flex.loading.wan_dir`). Encoding follows Wan / Self Forcing exactly:
 
-1. clean the prompt (ftfy when installed, HTML unescape, collapse whitespace);
+1. clean the prompt like Wan's tokenizer does: ftfy, HTML unescape (twice), collapse whitespace;
 2. tokenize with end-of-sequence token, pad / truncate to ``text_len`` (512 for Wan2.1);
 3. run the encoder with the attention mask and set every embedding past the prompt's own
    length to zero (Wan's DiT attends over all ``text_len`` positions, padding included, so
@@ -15,35 +17,22 @@ from __future__ import annotations
 
 import html
 import re
-from pathlib import Path
 
+import ftfy
 import torch
+
+from .loading.wan_dir import locate_wan_part
 
 DEFAULT_TEXT_LEN = 512
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's prompt cleaning: ftfy (if installed), HTML unescape, single spaces, stripped."""
-    try:
-        import ftfy
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
-    text = html.unescape(html.unescape(text)).strip()
+    """Wan's prompt cleaning: ftfy (mojibake, curly quotes), HTML unescape twice, single spaces, stripped.
+
+    ftfy is not optional: without it curly quotes of LLM-extended prompts tokenize differently.
+    """
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return re.sub(r"\s+", " ", text).strip()
-
-
-def _subfolder(wan_dir, name: str) -> Path:
-    wan_dir = Path(wan_dir)
-    if not wan_dir.is_dir():
-        raise FileNotFoundError(f"Wan folder {str(wan_dir)!r} does not exist")
-    folder = wan_dir / name
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{str(folder)!r} does not exist: --wan-dir must be a Diffusers-format Wan2.1 folder "
-            f"with text_encoder/, tokenizer/ and vae/ (e.g. Wan2.1-T2V-1.3B-Diffusers)"
-        )
-    return folder
 
 
 def _dtype_kwarg() -> str:
@@ -56,7 +45,7 @@ def _dtype_kwarg() -> str:
 def load_tokenizer(wan_dir):
     from transformers import AutoTokenizer
 
-    folder = _subfolder(wan_dir, "tokenizer")
+    _, folder = locate_wan_part(wan_dir, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:
@@ -64,17 +53,19 @@ def load_tokenizer(wan_dir):
 
 
 def load_text_encoder(wan_dir, device="cpu", dtype=torch.float32):
+    """``UMT5EncoderModel`` from ``text_encoder/`` or from the original ``models_t5_umt5-xxl-enc-bf16.pth``."""
     from transformers import UMT5EncoderModel
 
-    folder = _subfolder(wan_dir, "text_encoder")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"text encoder config {str(folder / 'config.json')!r} does not exist")
-    try:
-        model = UMT5EncoderModel.from_pretrained(
-            str(folder), local_files_only=True, **{_dtype_kwarg(): dtype}
-        )
-    except Exception as err:
-        raise RuntimeError(f"could not load the UMT5 text encoder from {str(folder)!r}: {err}") from err
+    from .loading.wan_t5 import load_wan_t5
+
+    kind, path = locate_wan_part(wan_dir, "text_encoder")
+    if kind == "original":
+        model = load_wan_t5(path, dtype)  # CheckpointError naming the file when it does not fit
+    else:
+        try:
+            model = UMT5EncoderModel.from_pretrained(str(path), local_files_only=True, **{_dtype_kwarg(): dtype})
+        except Exception as err:
+            raise RuntimeError(f"could not load the UMT5 text encoder from {str(path)!r}: {err}") from err
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -1,5 +1,9 @@
 """Wan2.1 VAE decoding (diffusers ``AutoencoderKLWan``) of FLEX latents into uint8 video frames.
 
+The VAE comes from ``<wan-dir>/vae`` of a Diffusers-format folder or from ``Wan2.1_VAE.pth`` of
+the original download (Wan's own layout, mapped by :mod:`flex.loading.wan_vae`, which also
+supplies the latents_mean / latents_std that Wan keeps in its code); the files tell which.
+
 Latents come in the generator's layout [B, F, 16, h, w] and in the normalised space the DiT
 works in; the VAE wants [B, 16, F, h, w] de-normalised per channel as
 
@@ -21,9 +25,12 @@ frames only (an approximation whose error shrinks with the overlap).
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import torch
+
+from .loading.wan_dir import locate_wan_part
 
 LATENT_CHANNELS = 16
 
@@ -33,14 +40,15 @@ def pixel_frames(latent_frames: int) -> int:
     return 4 * latent_frames - 3 if latent_frames > 0 else 0
 
 
-def _vae_folder(path) -> Path:
-    path = Path(path)
-    if (path / "vae").is_dir():
-        path = path / "vae"
-    if not path.is_dir():
-        raise FileNotFoundError(f"VAE folder {str(path)!r} does not exist (expected <wan-dir>/vae)")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"VAE config {str(path / 'config.json')!r} does not exist")
+def _is_vae_folder(path: Path) -> bool:
+    """A Diffusers ``AutoencoderKLWan`` folder itself (rather than a Wan folder holding one)."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name") == "AutoencoderKLWan"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_vae_folder(path: Path) -> Path:
     weights = list(path.glob("diffusion_pytorch_model*.safetensors")) + list(path.glob("diffusion_pytorch_model*.bin"))
     if not weights:
         raise FileNotFoundError(
@@ -49,16 +57,33 @@ def _vae_folder(path) -> Path:
     return path
 
 
+def locate_vae(path) -> tuple[str, Path]:
+    """("diffusers", VAE folder) or ("original", Wan2.1_VAE.pth) for a Wan folder of either kind,
+    a Diffusers VAE folder itself or an original VAE file itself."""
+    path = Path(path)
+    if path.is_file():
+        return "original", path
+    if path.is_dir() and _is_vae_folder(path):
+        return "diffusers", _check_vae_folder(path)
+    kind, found = locate_wan_part(path, "vae")
+    return kind, _check_vae_folder(found) if kind == "diffusers" else found
+
+
 def load_vae(path, device="cpu", dtype=torch.float32):
-    """diffusers ``AutoencoderKLWan`` from ``<wan-dir>/vae`` (or the vae folder itself), local files only."""
+    """diffusers ``AutoencoderKLWan`` from any place :func:`locate_vae` accepts, local files only."""
     from diffusers import AutoencoderKLWan
 
-    folder = _vae_folder(path)
-    try:
-        kwargs = {} if _has_accelerate() else {"low_cpu_mem_usage": False}  # no warning without accelerate
-        vae = AutoencoderKLWan.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **kwargs)
-    except Exception as err:  # corrupt / mismatched files: say which folder
-        raise RuntimeError(f"could not load the Wan VAE from {str(folder)!r}: {err}") from err
+    from .loading.wan_vae import load_wan_vae
+
+    kind, found = locate_vae(path)
+    if kind == "original":
+        vae = load_wan_vae(found, dtype)  # CheckpointError naming the file when it does not fit
+    else:
+        try:
+            kwargs = {} if _has_accelerate() else {"low_cpu_mem_usage": False}  # no warning without accelerate
+            vae = AutoencoderKLWan.from_pretrained(str(found), torch_dtype=dtype, local_files_only=True, **kwargs)
+        except Exception as err:  # corrupt / mismatched files: say which folder
+            raise RuntimeError(f"could not load the Wan VAE from {str(found)!r}: {err}") from err
     return vae.to(device).eval().requires_grad_(False)
 
 

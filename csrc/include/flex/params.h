@@ -1,7 +1,7 @@
 // Framework-free argument blocks of FLEX's kernels: raw pointers, sizes and element strides.
 //
-// The torch binding (csrc/ops.cpp, csrc/cuda/binding.cpp) validates tensors and fills these;
-// the CPU kernels (csrc/cpu) and the CUDA launchers (csrc/cuda/*.cu) only read them, so the
+// The torch-side argument checks (csrc/ops/<op>.cpp) validate tensors and fill these; the CPU
+// kernels (csrc/cpu) and the CUDA launchers (csrc/cuda/*.cu) only read them, so the CUDA
 // kernels build without torch (CMake) and can be reused from other frameworks.
 #pragma once
 
@@ -48,6 +48,24 @@ struct NormRopeCacheParams {
   const int64_t* frame_slots;  // [T / tokens_per_frame] cache slot of each chunk frame
   int64_t n_slots;
   bool rotate_k_temporal;
+  DType dtype;
+};
+
+// out[B, Tq, H, D] (contiguous) = attention of q over the ring cache [B, k_tokens, H, D], keys
+// masked by their slot's frame (flex/ring_mask.h); float32, float16 or bfloat16.
+struct RingAttentionParams {
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  int64_t batch, q_tokens, heads, head_dim, k_tokens;
+  Strides3 q_stride, k_stride, v_stride;
+  const int64_t* slot_frame;   // [k_tokens / tokens_per_frame] frame of each slot, -1 = empty
+  int64_t tokens_per_frame, q_first_frame, chunk_frames;
+  double scale;
+  const float* key_freqs_t;    // [n_slots, key_planes_t, 2] (cos, sin) or nullptr
+  int64_t key_planes_t;
+  void* out;
+  float* lse;                  // [B, H, Tq] or nullptr
   DType dtype;
 };
 

@@ -12,6 +12,8 @@ Accepted sources (:func:`read_state_dict` tells them apart):
   listed in ``diffusion_pytorch_model.safetensors.index.json``), original Wan names.
 * A Diffusers-format transformer folder (``WanTransformer3DModel``, e.g. ``<wan-dir>/
   transformer``), whose names are mapped back to the original Wan names.
+* Krea Realtime 14B: ``krea-realtime-video-14b.safetensors`` (``model.``-prefixed Wan names), or a
+  folder holding it (the Hugging Face repository root), or its ``transformer/`` shards.
 
 Loading is strict: any missing, unexpected or mis-shaped key is an error that names the file.
 The parts, one concept each:
@@ -20,7 +22,11 @@ The parts, one concept each:
 * :mod:`.keys`          key normalisation, Diffusers -> Wan names
 * :mod:`.architecture`  shapes -> WanConfig (config.json, presets), strict state dict check
 * :mod:`.lora`          LoRA read + merge
+* :mod:`.krea`          Krea Realtime 14B's layouts; names-and-shapes check on the meta device
 * :mod:`.save`          atomic safetensors save
+* :mod:`.wan_dir`       the two Wan2.1 folder kinds (Diffusers, original download) and their parts
+* :mod:`.wan_t5`        Wan's T5 encoder file -> transformers UMT5EncoderModel
+* :mod:`.wan_vae`       Wan's VAE file -> diffusers AutoencoderKLWan (+ the latent normalisation)
 """
 from __future__ import annotations
 
@@ -29,9 +35,13 @@ import torch
 from .architecture import DEFAULT_HEAD_DIM, check_state_dict, infer_dims, resolve_config
 from .errors import SHOW, WEIGHT_DTYPES, CheckpointError, dtype_names
 from .files import GENERATOR_KEYS, OTHER_CONTAINER_KEYS, PT_SUFFIXES, read_state_dict
-from .keys import WRAPPER_PARTS, diffusers_to_wan, is_diffusers_layout, normalize_key, normalize_keys
+from .keys import WRAPPER_PARTS, diffusers_to_wan, is_diffusers_layout, normalize_key, normalize_keys, to_wan_names
+from .krea import KREA_ARCHITECTURE, KREA_FILE, check_on_meta, krea_weights_file, meta_state_dict
 from .lora import check_lora_factors, merge_lora, read_lora
 from .save import atomic_save_safetensors
+from .wan_dir import check_wan_dir, locate_wan_part
+from .wan_t5 import load_wan_t5
+from .wan_vae import LATENTS_MEAN, LATENTS_STD, load_wan_vae
 
 
 def load_dit(
@@ -85,8 +95,10 @@ def load_dit(
 
 
 __all__ = [
-    "CheckpointError", "DEFAULT_HEAD_DIM", "GENERATOR_KEYS", "OTHER_CONTAINER_KEYS", "PT_SUFFIXES", "SHOW",
-    "WEIGHT_DTYPES", "WRAPPER_PARTS", "atomic_save_safetensors", "check_lora_factors", "check_state_dict",
-    "diffusers_to_wan", "infer_dims", "is_diffusers_layout", "load_dit", "merge_lora", "normalize_key",
-    "normalize_keys", "read_lora", "read_state_dict", "resolve_config",
+    "CheckpointError", "DEFAULT_HEAD_DIM", "GENERATOR_KEYS", "KREA_ARCHITECTURE", "KREA_FILE", "LATENTS_MEAN",
+    "LATENTS_STD", "OTHER_CONTAINER_KEYS", "PT_SUFFIXES", "SHOW", "WEIGHT_DTYPES", "WRAPPER_PARTS",
+    "atomic_save_safetensors", "check_lora_factors", "check_on_meta", "check_state_dict", "check_wan_dir",
+    "diffusers_to_wan", "infer_dims", "is_diffusers_layout", "krea_weights_file", "load_dit", "load_wan_t5",
+    "load_wan_vae", "locate_wan_part", "merge_lora", "meta_state_dict", "normalize_key", "normalize_keys",
+    "read_lora", "read_state_dict", "resolve_config", "to_wan_names",
 ]

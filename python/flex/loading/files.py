@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from .errors import SHOW, CheckpointError, short
-from .keys import diffusers_to_wan, is_diffusers_layout, normalize_keys
+from .keys import to_wan_names
+from .krea import krea_weights_file
 
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 GENERATOR_KEYS = ("generator_ema", "generator")
@@ -152,10 +153,13 @@ def _read_file(path: Path, use_ema, trust_pickle, prefer_ema) -> tuple[dict, str
 
 def _read_folder(folder: Path, use_ema, trust_pickle, prefer_ema) -> tuple[dict, dict | None, str, str]:
     """(raw state dict, config.json dict or None, description, entry) of a Wan / Diffusers model folder."""
-    if (folder / "transformer").is_dir() and not (folder / CONFIG_NAME).is_file():
+    krea = krea_weights_file(folder)  # Krea Realtime's single file, preferred to its transformer/ shards
+    if krea is None and (folder / "transformer").is_dir() and not (folder / CONFIG_NAME).is_file():
         folder = folder / "transformer"  # a whole Diffusers pipeline folder
     cfg_path = folder / CONFIG_NAME
     config = read_json_object(cfg_path, "model config") if cfg_path.is_file() else None
+    if krea is not None:
+        return safetensors_load(krea), config, str(krea), "state dict"
     index, single = folder / INDEX_NAME, folder / SINGLE_NAME
     if index.is_file():
         sd, count = _read_shards(folder, index)
@@ -191,9 +195,7 @@ def read_state_dict(path, use_ema: bool | None = None, trust_pickle: bool = Fals
         sd, config, source, entry = _read_folder(path, use_ema, trust_pickle, prefer_ema)
     else:
         (sd, entry), config, source = _read_file(path, use_ema, trust_pickle, prefer_ema), None, str(path)
-    sd = normalize_keys({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, source)
-    if is_diffusers_layout(sd):
-        sd = diffusers_to_wan(sd, source)
+    sd = to_wan_names({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, source)
     if not sd:
         raise CheckpointError(f"{source!r} contains no tensors")
     return sd, {"source": source, "entry": entry, "config_json": config}

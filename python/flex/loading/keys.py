@@ -70,3 +70,9 @@ def diffusers_key_to_wan(key: str) -> str:
 def diffusers_to_wan(sd: dict, source: str | None = None) -> dict:
     """Rename a Diffusers ``WanTransformer3DModel`` state dict to the original Wan names."""
     return _renamed(sd, diffusers_key_to_wan, source)
+
+
+def to_wan_names(sd: dict, source: str | None = None) -> dict:
+    """Any accepted naming (wrapper parts, ``model.``, Diffusers) -> the original Wan names."""
+    sd = normalize_keys(sd, source)
+    return diffusers_to_wan(sd, source) if is_diffusers_layout(sd) else sd

@@ -59,6 +59,10 @@ class WanConfig:
 
 WAN_PRESETS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(),
+    # Wan-AI/Wan2.1-T2V-14B config.json (dim 5120, ffn_dim 13824, 40 heads, 40 layers, text_len 512,
+    # freq_dim 256, in/out 16, eps 1e-6) and Wan's wan/configs/wan_t2v_14B.py (patch (1, 2, 2));
+    # text_dim 4096 is umt5-xxl's width, as for 1.3B. Krea Realtime 14B has this architecture.
+    "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_len=16, text_dim=32, freq_dim=32),
 }
 
@@ -72,7 +76,6 @@ def wan_config(name: str | WanConfig = "wan2.1-t2v-1.3b", **overrides) -> WanCon
     else:
         raise ValueError(f"preset must be one of {sorted(WAN_PRESETS)}, got {name!r}")
     return replace(cfg, **overrides) if overrides else cfg
-
 
 
 __all__ = ["WAN_PRESETS", "WanConfig", "wan_config"]

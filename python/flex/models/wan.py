@@ -27,7 +27,7 @@ over every resident slot), placed by :func:`flex.positions.chunk_positions`.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import ops
 from ..cache import ModelKVCache, TextCache, WanKVCache  # noqa: F401  (WanKVCache: the former name)
-from ..positions import ChunkPositions, chunk_positions
+from ..positions import ChunkPositions, chunk_positions, frame_positions
 from ..rope import Rope3D
 from .config import WAN_PRESETS, WanConfig, wan_config  # noqa: F401  (re-exported)
 from .dense import dense_forward
@@ -228,6 +228,36 @@ class CausalWanModel(nn.Module):
         kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
                            resident_prefix=resident is not None)
         return self.chunk_pass(x, timestep, text, cache, positions, resident, kernels)
+
+    def recache(
+        self,
+        x: torch.Tensor,
+        timestep,
+        text: TextCache | torch.Tensor,
+        cache: ModelKVCache,
+        frames: Sequence[int],
+        positions: ChunkPositions | None = None,
+        backend: str | Mapping[str, str] = "auto",
+    ) -> torch.Tensor:
+        """Recompute the K/V of resident ``frames`` (their clean latents x [B, n, C, H, W], in that
+        order) in one pass, e.g. under a new prompt: every one of them attends to every resident
+        slot, itself and the other re-cached frames included. Returns the flow prediction."""
+        self._check_latents(x)
+        b, n, _, h, w = x.shape
+        _, ph, pw = self.config.patch_size
+        gh, gw = h // ph, w // pw
+        self.check_cache(cache, b, gh, gw)
+        frames = list(frames)
+        resident = set(cache.table.resident_frames())
+        if len(frames) != n or len(set(frames)) != n or not set(frames) <= resident:
+            raise ValueError(f"frames must be {n} distinct resident frames (resident: {sorted(resident)}), got {frames}")
+        if positions is None:
+            positions = frame_positions(self.default_rope(), cache.table, torch.tensor(frames, device=cache.device),
+                                        gh, gw, dtype=self.table_dtype)
+        tokens = cache.table.resident_prefix_tokens()
+        kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
+                           resident_prefix=tokens is not None)
+        return self.chunk_pass(x, timestep, text, cache, positions, tokens, kernels)
 
     def chunk_pass(
         self,

@@ -1,4 +1,4 @@
-// CUDA kernel of flex::rope3d (framework-free; the torch binding is csrc/cuda/binding.cpp).
+// CUDA kernel of flex::rope3d (framework-free; the torch binding is csrc/cuda/rope3d_binding.cpp).
 //
 // Grid-stride loop over vectors of VEC consecutive elements of one head row (16-byte loads and
 // stores when the tensors allow it, else element-wise pairs). Each pair is rotated with the

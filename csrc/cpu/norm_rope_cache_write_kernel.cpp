@@ -2,16 +2,18 @@
 //
 // For q and k: the sum of squares over the token's full H*D width (if a norm weight is given),
 // then normalise + rotate + store head by head (q to q_out, k to its cache slot); v is copied to
-// its cache slot. Slot indices were range-checked by the binding.
+// its cache slot. Arguments, slot indices included, are checked by
+// csrc/ops/norm_rope_cache_write.cpp.
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "cpu/dispatch.h"
-#include "cpu/kernels.h"
 #include "cpu/row_ops.h"
+#include "ops/norm_rope_cache_write.h"
 
 namespace flex::cpu {
 namespace {
@@ -73,12 +75,26 @@ void norm_rope_cache_kernel(const NormRopeCacheParams& p) {
   });
 }
 
-}  // namespace
-
-void norm_rope_cache_write(const NormRopeCacheParams& p) {
-  dispatch_dtype(p.dtype, "norm_rope_cache_write", [&](auto scalar, auto opmath) {
-    norm_rope_cache_kernel<decltype(scalar), decltype(opmath)>(p);
-  });
+at::Tensor norm_rope_cache_write_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& norm_q_weight, const std::optional<at::Tensor>& norm_k_weight,
+    double eps, const at::Tensor& freqs_t, const at::Tensor& freqs_h, const at::Tensor& freqs_w,
+    int64_t grid_h, int64_t grid_w, int64_t frame_offset, at::Tensor& k_cache, at::Tensor& v_cache,
+    const at::Tensor& frame_slots, bool rotate_k_temporal) {
+  const NormRopeCacheCall c = prepare_norm_rope_cache_write(
+      q, k, v, norm_q_weight, norm_k_weight, eps, freqs_t, freqs_h, freqs_w, grid_h, grid_w,
+      frame_offset, k_cache, v_cache, frame_slots, rotate_k_temporal);
+  if (c.q_out.numel() > 0) {
+    dispatch_dtype(c.params.dtype, "norm_rope_cache_write", [&](auto scalar, auto opmath) {
+      norm_rope_cache_kernel<decltype(scalar), decltype(opmath)>(c.params);
+    });
+  }
+  return c.q_out;
 }
 
+}  // namespace
 }  // namespace flex::cpu
+
+TORCH_LIBRARY_IMPL(flex, CPU, m) {
+  m.impl("norm_rope_cache_write", &flex::cpu::norm_rope_cache_write_cpu);
+}

@@ -1,12 +1,14 @@
 // CPU kernel of flex::rope3d: one task per token, every head of the token rotated in turn.
+// Arguments are checked by csrc/ops/rope3d.cpp.
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu/dispatch.h"
-#include "cpu/kernels.h"
 #include "cpu/row_ops.h"
+#include "ops/rope3d.h"
 
 namespace flex::cpu {
 namespace {
@@ -35,12 +37,20 @@ void rope3d_kernel(const Rope3dParams& p) {
   });
 }
 
-}  // namespace
-
-void rope3d(const Rope3dParams& p) {
-  dispatch_dtype(p.dtype, "rope3d", [&](auto scalar, auto opmath) {
-    rope3d_kernel<decltype(scalar), decltype(opmath)>(p);
-  });
+at::Tensor rope3d_cpu(const at::Tensor& x, const at::Tensor& freqs_t, const at::Tensor& freqs_h,
+                      const at::Tensor& freqs_w, int64_t grid_h, int64_t grid_w, int64_t frame_offset) {
+  const Rope3dCall c = prepare_rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset);
+  if (c.out.numel() > 0) {
+    dispatch_dtype(c.params.dtype, "rope3d", [&](auto scalar, auto opmath) {
+      rope3d_kernel<decltype(scalar), decltype(opmath)>(c.params);
+    });
+  }
+  return c.out;
 }
 
+}  // namespace
 }  // namespace flex::cpu
+
+TORCH_LIBRARY_IMPL(flex, CPU, m) {
+  m.impl("rope3d", &flex::cpu::rope3d_cpu);
+}

@@ -1,5 +1,5 @@
 // Row kernels of the CPU attention's online softmax, written as plain loops the compiler
-// vectorises. ring_attention.cpp includes this file several times, each time inside a
+// vectorises. cpu/attention/isa.cpp includes this file several times, each time inside a
 // `#pragma GCC target` region with a different FLEX_ROWS_NS namespace (x86-64-v4, -v3, baseline)
 // and picks one at run time. Deliberately no include guard and no #include: everything it uses
 // (flex/fast_exp.h, flex/ring_mask.h, <cstring>, <cstdint>) is included before, so only these
@@ -8,7 +8,7 @@
 #error "define FLEX_ROWS_NS before including softmax_rows.h"
 #endif
 
-namespace flex::cpu::FLEX_ROWS_NS {
+namespace flex::cpu::attention::FLEX_ROWS_NS {
 
 inline float row_max(const float* s, int64_t n) {
   float m = -__builtin_inff();
@@ -79,4 +79,4 @@ inline void pack_values_vnni(const uint16_t* v, int64_t ld, int64_t cols, int64_
   }
 }
 
-}  // namespace flex::cpu::FLEX_ROWS_NS
+}  // namespace flex::cpu::attention::FLEX_ROWS_NS

@@ -1,4 +1,5 @@
-// CUDA kernel of flex::norm_rope_cache_write (framework-free; binding in csrc/cuda/binding.cpp).
+// CUDA kernel of flex::norm_rope_cache_write (framework-free; torch binding in
+// csrc/cuda/norm_rope_cache_write_binding.cpp).
 //
 // One block per token (grid-stride over tokens). Pass 1: each thread sums the squares of its
 // 16-byte vectors of q and k across all heads, and a block reduction gives the RMS of the token's
