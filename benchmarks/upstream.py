@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flex.cache import SlotTable
 from flex.models.wan import CausalWanModel
 from flex.rope import axis_planes, base_thetas
 
@@ -111,7 +112,10 @@ class UpstreamCaches:
         self.device = model.device
         self.layers = [ShiftingCache(batch, model.num_heads, model.head_dim, grid_h * grid_w, sink_frames,
                                      window_frames, model.param_dtype, model.device) for _ in range(model.num_layers)]
-        self.table = rope_table(model.head_dim, model.device)
+        self.rope_freqs = rope_table(model.head_dim, model.device)
+        # The pipeline places each chunk on a slot table before calling the model; the twin
+        # keeps its own shifting caches and ignores those positions.
+        self.table = SlotTable(sink_frames, window_frames, grid_h * grid_w, model.device)
 
 
 class UpstreamStyleWan(CausalWanModel):
@@ -134,7 +138,7 @@ class UpstreamStyleWan(CausalWanModel):
 
         def attend(i, attn, q, k, v):
             layer = cache.layers[i]
-            q_rot = self_attention_inputs(q, k, v, attn.norm_q.weight, attn.norm_k.weight, cache.table, layer,
+            q_rot = self_attention_inputs(q, k, v, attn.norm_q.weight, attn.norm_k.weight, cache.rope_freqs, layer,
                                           n, gh, gw, first_frame, self.eps)
             return attention(q_rot, layer)
 

@@ -216,3 +216,152 @@ def test_interrupted_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
     assert _run(assets, "--prompt", "a cat", "--frames", "6", "--out", str(out)) == 130
     assert not out.exists() and _parts(tmp_path) == []
     assert "interrupted" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hardening
+
+
+def test_version(capsys):
+    import subprocess
+    import sys
+
+    import flex
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"flex {flex.__version__}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-m", "flex", "--version"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == f"flex {flex.__version__}"
+
+
+def test_help_documents_new_flags_and_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in text and "143 terminated" in text and "2 bad argument" in text
+    assert "(default: outputs)" in text and "(default: 1000,750,500,250)" in text and "(default: 18)" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seconds", "1e308"], "--seconds must be at most"),
+    (["--frames", str(10**12)], "--frames must be at most 1000000 latent frames"),
+    (["--denoising-steps", "1000,750.5"], "--denoising-steps must be ints in [0, 1000]"),
+    (["--denoising-steps", "1500"], "--denoising-steps must be in (0, 1000]"),
+    (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--seed", str(2**70)], "--seed must be an int in [-2**63, 2**64 - 1]"),
+    (["--height", "16384"], "--height must be a positive multiple of 16 up to 4096"),
+    (["--crf", "-1"], "--crf must be an int in [0, 51]"),
+    (["--l-train", "0"], "(--l-train): l_train must be an int >= 1"),
+    (["--chunk-frames", "0"], "(--chunk-frames): chunk_frames must be an int >= 1"),
+    (["--sink-frames", "-1"], "(--sink-frames): sink_frames must be an int >= 0"),
+    (["--rope", "yarn", "--alpha", "1", "--beta", "0.5"], "(--alpha): alpha must be < beta"),
+    (["--preset", "nope"], "--preset must be one of"),
+    (["--lora-alpha", "-1"], "--lora-alpha"),
+])
+def test_more_bad_arguments(assets, tmp_path, capsys, no_model_loading, args, message):
+    assert _run(assets, "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("flag", ["--seconds", "--alpha", "--beta", "--rho", "--lora-alpha", "--lora-scale"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused(assets, tmp_path, capsys, no_model_loading, flag, value):
+    with pytest.raises(SystemExit) as exc:
+        _run(assets, "--prompt", "a cat", "--out", str(tmp_path / "x.mp4"), f"{flag}={value}")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {flag}: must be a finite number" in err
+
+
+def test_unwritable_output_is_refused_before_loading(assets, tmp_path, capsys, no_model_loading):
+    (tmp_path / "afile").write_text("")
+    assert _run(assets, "--prompt", "a cat", "--out", str(tmp_path / "afile" / "sub" / "x.mp4")) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "afile").read_text() == ""
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    assert _run(assets, "--prompt", "a cat", "--out", str(fifo)) == 2
+    assert "is not a regular file" in capsys.readouterr().err
+
+
+def test_config_json_holding_a_list_is_a_clean_error(assets, tmp_path, capsys):
+    from tiny_assets import make_dit_folder
+
+    folder = make_dit_folder(tmp_path / "dit", config=[1, 2, 3])
+    code = cli.main(["generate", "--dit", str(folder), "--wan-dir", str(assets["wan"]), "--prompt", "a cat",
+                     "--out", str(tmp_path / "x.mp4"), *SMALL])
+    err = capsys.readouterr().err
+    assert code == 1 and "config.json" in err and "not a list" in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_prompts_from_a_pipe_and_from_stdin(assets, tmp_path, monkeypatch):
+    import io
+    import sys
+    import threading
+
+    fifo = tmp_path / "prompts"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=lambda: fifo.write_text("a cat\n\na dog\n"))
+    feeder.start()
+    try:
+        assert _run(assets, "--prompts", str(fifo), "--frames", "3", "--out", str(tmp_path / "piped")) == 0
+    finally:
+        feeder.join()
+    assert sorted(os.listdir(tmp_path / "piped")) == ["000-a-cat.mp4", "001-a-dog.mp4"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a bird flies\n")))
+    assert _run(assets, "--prompts", "-", "--frames", "3", "--out", str(tmp_path / "stdin")) == 0
+    assert os.listdir(tmp_path / "stdin") == ["000-a-bird-flies.mp4"]
+
+
+def test_rerun_skips_finished_videos(assets, tmp_path, capsys, monkeypatch):
+    import flex.loading
+
+    out = tmp_path / "v.mp4"
+    args = ("--prompt", "a cat", "--frames", "3", "--out", str(out))
+    assert _run(assets, *args) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    real = flex.loading.load_dit
+    loads = []
+    monkeypatch.setattr(flex.loading, "load_dit", lambda *a, **k: loads.append(1) or real(*a, **k))
+    assert _run(assets, *args) == 0
+    captured = capsys.readouterr()
+    assert loads == [] and "skipped" in captured.out and out.read_bytes() == before
+    assert _run(assets, *args, "--seed", "1") == 0 and loads == [1] and out.read_bytes() != before
+    assert _run(assets, *args, "--seed", "1", "--overwrite") == 0 and loads == [1, 1]
+    assert _run(assets, *args) == 0 and out.read_bytes() == before  # the same settings, the same bytes
+
+
+def test_stale_part_of_a_killed_run_is_removed(assets, tmp_path, capsys):
+    stale = tmp_path / ".v.mp4.q1w2e3r4.part"
+    unrelated = tmp_path / ".w.mp4.q1w2e3r4.part"
+    stale.write_bytes(b"half a video")
+    unrelated.write_bytes(b"someone else's")
+    assert _run(assets, "--prompt", "a cat", "--frames", "3", "--out", str(tmp_path / "v.mp4")) == 0
+    assert not stale.exists() and unrelated.exists()
+    assert "removed .v.mp4.q1w2e3r4.part" in capsys.readouterr().err
+
+
+def test_terminated_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
+    import signal
+
+    import flex.vae
+
+    calls = {"n": 0}
+    real = flex.vae.DecodeStream.decode
+
+    def terminated_midway(self, latents):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, latents)
+
+    monkeypatch.setattr(flex.vae.DecodeStream, "decode", terminated_midway)
+    out = tmp_path / "cut.mp4"
+    previous = signal.getsignal(signal.SIGTERM)
+    assert _run(assets, "--prompt", "a cat", "--frames", "6", "--out", str(out)) == 143
+    assert not out.exists() and _parts(tmp_path) == []
+    assert "terminated" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is only installed while running

@@ -1,11 +1,15 @@
 """mp4 writing (atomic, streaming) and VAE decoding (chunk-streamed == whole-video decode)."""
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from flex.video import VideoWriter, read_video, write_video
+from flex.video import VideoWriter, read_comment, read_video, remove_stale_parts, write_video
 from flex.vae import WanVAEDecoder, pixel_frames
 
 
@@ -101,6 +105,87 @@ def test_bad_frames_rejected(tmp_path):
 def test_folder_as_video_path_rejected(tmp_path):
     with pytest.raises(ValueError, match="folder"):
         VideoWriter(tmp_path)
+
+
+def _noisy_frames(t=41, h=96, w=160):
+    """Hard-to-encode frames: x264's rate control and macroblock tree have real decisions to make."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 190, w).astype(np.uint8)[None, None, :, None]
+    return (rng.integers(0, 64, (t, h, w, 3), dtype=np.uint8) + ramp).astype(np.uint8)
+
+
+WRITE_IN_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from flex.video import write_video
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 190, 160).astype(np.uint8)[None, None, :, None]
+    frames = (rng.integers(0, 64, (41, 96, 160, 3), dtype=np.uint8) + ramp).astype(np.uint8)
+    write_video(sys.argv[1], frames, backend=sys.argv[2], comment="same")
+""")
+
+
+@pytest.mark.parametrize("backend", ["av", "imageio"])
+def test_same_frames_give_the_same_bytes(tmp_path, backend):
+    """x264's SIMD macroblock-tree code made PyAV's output depend on the process's memory: several
+    encodes of the same frames in one process differed (pixels by up to ~20)."""
+    frames = _noisy_frames()
+    assert np.array_equal(frames, _noisy_frames())
+    paths = []
+    for k in range(6):
+        path = tmp_path / f"clip{k}.mp4"
+        with VideoWriter(path, backend=backend, comment="same") as w:
+            step = 1 if k % 2 else 9  # how the frames are handed over does not matter
+            for start in range(0, len(frames), step):
+                w.append(frames[start:start + step])
+        paths.append(path)
+    child = tmp_path / "child.mp4"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", WRITE_IN_CHILD, str(child), backend], check=True, env=env)
+    reference = paths[0].read_bytes()
+    for path in paths[1:] + [child]:
+        assert path.read_bytes() == reference, f"{path.name} differs from {paths[0].name}"
+
+
+@pytest.mark.parametrize("backend", ["av", "imageio"])
+def test_comment_metadata_roundtrip(tmp_path, backend):
+    path = write_video(tmp_path / "c.mp4", _frames(3), backend=backend, comment="flex-settings-sha256:ab12")
+    assert read_comment(path) == "flex-settings-sha256:ab12"
+    assert read_comment(write_video(tmp_path / "none.mp4", _frames(3), backend=backend)) is None
+    (tmp_path / "junk.mp4").write_bytes(b"junk")
+    assert read_comment(tmp_path / "junk.mp4") is None and read_comment(tmp_path / "absent.mp4") is None
+    with pytest.raises(ValueError, match="comment"):
+        VideoWriter(tmp_path / "x.mp4", comment="two\nlines")
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from flex.video import VideoWriter
+    w = VideoWriter(sys.argv[1])
+    w.append(np.zeros((3, 16, 16, 3), np.uint8))
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_parts_of_killed_writers_are_removed_live_ones_kept(tmp_path):
+    path = tmp_path / "clip.mp4"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], env=env)
+    assert run.returncode == -signal.SIGKILL
+    left = _leftovers(tmp_path)
+    assert len(left) == 1 and left[0].startswith(".clip.mp4.")  # what the killed writer left
+    unrelated = [tmp_path / ".clip.mp4.notes", tmp_path / ".other.mp4.abc123.part", tmp_path / "clip.mp4.part"]
+    for p in unrelated:
+        p.write_bytes(b"keep me")
+    with VideoWriter(path) as live:  # a writer that is still running keeps its file
+        live.append(_frames(2))
+        removed = remove_stale_parts(path)
+        assert [p.name for p in removed] == left
+        assert live._tmp.exists()
+    assert path.exists() and all(p.exists() for p in unrelated)
+    assert sorted(_leftovers(tmp_path)) == [".other.mp4.abc123.part", "clip.mp4.part"]
 
 
 # ---------------------------------------------------------------- VAE

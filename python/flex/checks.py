@@ -18,7 +18,8 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
         raise ValueError(f"{name} must be an int, got {value!r}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be an int in {_interval(low, high, True, True)}, got {value!r}")
+        where = f">= {low}" if high is None else f"in {_interval(low, high, True, True)}"
+        raise ValueError(f"{name} must be an int {where}, got {value!r}")
     return value
 
 

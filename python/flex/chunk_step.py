@@ -68,12 +68,13 @@ def compile_options(compile) -> dict | None:
                      f"got {compile!r}")
 
 
-def check_step_options(model: CausalWanModel, config: FlexConfig, compile, cuda_graphs) -> dict | None:
-    """Validate the compile / cuda_graphs options for this model and config; torch.compile kwargs."""
+def check_step_options(device, config: FlexConfig, compile, cuda_graphs) -> dict | None:
+    """Validate the compile / cuda_graphs options for a model on ``device`` with this config;
+    returns the torch.compile kwargs (None when compile is off)."""
     if not isinstance(cuda_graphs, bool):
         raise ValueError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
-    if cuda_graphs and model.device.type != "cuda":
-        raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, got {model.device}")
+    if cuda_graphs and torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_graphs needs a CUDA device, got device {str(device)!r}")
     compile_kwargs = compile_options(compile)
     if (compile_kwargs is not None or cuda_graphs) and config.dynamic and config.strategy == "yarn":
         raise ValueError("compile / cuda_graphs need a fixed softmax scale, but YaRN with dynamic=True changes it "
@@ -100,7 +101,7 @@ class ChunkStep:
         compile: bool | str | Callable = False,
         cuda_graphs: bool = False,
     ):
-        compile_kwargs = check_step_options(model, config, compile, cuda_graphs)
+        compile_kwargs = check_step_options(model.device, config, compile, cuda_graphs)
         self.model, self.config = model, config
         self.batch, self.grid_h, self.grid_w = batch, grid_h, grid_w
         dev = model.device

@@ -105,7 +105,7 @@ class Pipeline:
         check_float("context_noise", context_noise, 0.0, 1000.0)
         check_bool("warp_denoising_step", warp_denoising_step)
         ops.backend_per_op(backend)  # validates the name(s) now
-        check_step_options(model, config, compile, cuda_graphs)
+        check_step_options(model.device, config, compile, cuda_graphs)
         self.compile, self.cuda_graphs = compile, cuda_graphs
         self.step: ChunkStep | None = None  # the fixed-buffer pass, when compile or cuda_graphs
         self.model = model
@@ -232,7 +232,9 @@ class Pipeline:
         if isinstance(noise, NoiseSource) and (renoise is not None or generator is not None):
             raise ValueError("noise is a NoiseSource: it draws every noise itself, so renoise and generator must be None")
         check_choice("recache", recache, RECACHE_MODES)
+        first_name = "text" if text is not None else "prompts[0]"
         text, schedule = self._schedule(text, prompts, num_frames)
+        self.text_batch(text, first_name)
         batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
         for i, (_, entry) in enumerate(schedule):
             if self.text_batch(entry, f"prompts[{i}]") != batch:

@@ -10,6 +10,21 @@ leave a hidden ``.<name>.*.part`` file, never a broken ``<name>``).
 Two encoders are supported: PyAV (``"av"``, in-process, the default when importable) and
 imageio-ffmpeg (``"imageio"``, an ffmpeg subprocess).
 
+The same frames give the same bytes (for one encoder backend and library version), in any
+process and on any machine. Two x264 settings make it so:
+
+* ``cpu-independent``: x264's SIMD versions of the macroblock-tree propagation (the AVX-512
+  one in particular) give results that depend on the CPU and, in a long-lived process such as
+  PyAV's, on what happened to lie in memory before, so the same frames were encoded
+  differently from run to run (pixel differences up to ~20). The flag makes x264 use its
+  portable C propagation there; the encoding speed and size are the same within noise.
+* a fixed thread count (``ENCODER_THREADS``): x264's decisions depend on its number of
+  threads, whose default follows the number of CPUs.
+
+A writer that is killed outright (SIGKILL, power loss) leaves its temporary file behind;
+:func:`remove_stale_parts` removes those of one video (never a file still being written:
+every writer holds a lock on its temporary file while it lives).
+
     with VideoWriter("out.mp4", fps=16) as w:
         for chunk in chunks:          # uint8 [T, H, W, 3]
             w.append(chunk)
@@ -18,14 +33,24 @@ imageio-ffmpeg (``"imageio"``, an ffmpeg subprocess).
 from __future__ import annotations
 
 import os
+import string
 import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, stale temporary files are left alone
+    fcntl = None
+
 DEFAULT_FPS = 16
 BACKENDS = ("auto", "av", "imageio")
+ENCODER_THREADS = 4  # fixed: x264's output depends on its thread count
+X264_PARAMS = "cpu-independent=1"  # see the module docstring
+PART_SUFFIX = ".part"
+_PART_CHARS = set(string.ascii_letters + string.digits + "_")  # what tempfile puts in its random names
 
 
 def _available_backend(backend: str) -> str:
@@ -68,6 +93,7 @@ class VideoWriter:
     fps         frames per second (16 for Wan / Self Forcing)
     crf         x264 constant rate factor (lower = better quality, 18 ~ visually lossless)
     backend     "auto" (PyAV if importable, else imageio-ffmpeg), "av" or "imageio"
+    comment     text stored as the mp4's "comment" metadata (see :func:`read_comment`), or None
 
     ``append`` takes uint8 [T, H, W, 3] chunks (numpy or torch); every chunk must have the
     size of the first one, and H and W must be even (yuv420p). ``close`` finalises the file
@@ -75,7 +101,7 @@ class VideoWriter:
     """
 
     def __init__(self, path, fps: float = DEFAULT_FPS, crf: int = 18, backend: str = "auto",
-                 preset: str = "medium"):
+                 preset: str = "medium", comment: str | None = None):
         self._closed = True  # nothing to clean up until the temporary file exists
         self.path = Path(path)
         if self.path.is_dir():
@@ -84,16 +110,24 @@ class VideoWriter:
             raise ValueError(f"fps must be > 0, got {fps!r}")
         if not (isinstance(crf, int) and 0 <= crf <= 51):
             raise ValueError(f"crf must be an int in [0, 51], got {crf!r}")
+        if comment is not None and (not isinstance(comment, str) or "\n" in comment or "\0" in comment):
+            raise ValueError(f"comment must be one line of text or None, got {comment!r}")
         self.fps = fps
         self.crf = crf
+        self.comment = comment
         self.preset = preset
         self.backend = _available_backend(backend)
         self.frames_written = 0
         self.size = None  # (H, W) once the first frame arrived
         self._container = self._stream = self._proc = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        os.close(fd)
+        fd, tmp = tempfile.mkstemp(prefix=_part_prefix(self.path), suffix=PART_SUFFIX, dir=self.path.parent)
+        self._lock_fd = None
+        if fcntl is None:
+            os.close(fd)
+        else:  # the lock says "being written"; it is released when this process ends, however it ends
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
         self._tmp = Path(tmp)
         self._closed = False
 
@@ -136,6 +170,7 @@ class VideoWriter:
             self.abort()
             raise
         self._closed = True
+        self._unlock()
         return self.path
 
     def abort(self) -> None:
@@ -154,6 +189,12 @@ class VideoWriter:
                 self._tmp.unlink()
             except FileNotFoundError:
                 pass
+            self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -174,18 +215,23 @@ class VideoWriter:
         if self.backend == "av":
             import av
             self._container = av.open(str(self._tmp), mode="w", format="mp4")
+            if self.comment is not None:
+                self._container.metadata["comment"] = self.comment
             self._stream = self._container.add_stream(
                 "libx264", rate=Fraction(self.fps).limit_denominator(1001)
             )
             self._stream.width, self._stream.height = w, h
             self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": str(self.crf), "preset": self.preset}
+            self._stream.codec_context.thread_count = ENCODER_THREADS
+            self._stream.options = {"crf": str(self.crf), "preset": self.preset, "x264-params": X264_PARAMS}
         else:
             import imageio_ffmpeg
             self._proc = imageio_ffmpeg.write_frames(
                 str(self._tmp), (w, h), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
                 pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
-                output_params=["-crf", str(self.crf), "-preset", self.preset, "-f", "mp4"],
+                output_params=["-crf", str(self.crf), "-preset", self.preset, "-threads", str(ENCODER_THREADS),
+                               "-x264-params", X264_PARAMS]
+                + ([] if self.comment is None else ["-metadata", f"comment={self.comment}"]) + ["-f", "mp4"],
             )
             self._proc.send(None)  # start the generator
 
@@ -202,15 +248,65 @@ class VideoWriter:
             os.fsync(f.fileno())
 
 
+def _part_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _is_part_of(name: str, path: Path) -> bool:
+    """Whether ``name`` is a temporary file of a writer of ``path`` (``.<name>.<random>.part``).
+
+    The random middle has no dot, so the parts of ``a.mp4.b.mp4`` are not taken for parts of ``a.mp4``.
+    """
+    prefix = _part_prefix(path)
+    if not (name.startswith(prefix) and name.endswith(PART_SUFFIX)):
+        return False
+    middle = name[len(prefix):-len(PART_SUFFIX)]
+    return bool(middle) and set(middle) <= _PART_CHARS
+
+
+def remove_stale_parts(path) -> list[Path]:
+    """Remove the temporary files that killed writers of the video ``path`` left; returns them.
+
+    Only files named like this video's temporary files are considered, and only those no live
+    writer holds (on systems without ``fcntl`` locks nothing is removed).
+    """
+    path = Path(path)
+    if fcntl is None or not path.parent.is_dir():
+        return []
+    removed = []
+    for name in sorted(os.listdir(path.parent)):
+        if not _is_part_of(name, path):
+            continue
+        part = path.parent / name
+        try:
+            fd = os.open(part, os.O_RDONLY)
+        except OSError:  # vanished meanwhile, or not ours to read
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            os.close(fd)
+            continue
+        try:
+            part.unlink()
+            removed.append(part)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def write_video(path, frames, fps: float = DEFAULT_FPS, crf: int = 18, backend: str = "auto") -> Path:
+def write_video(path, frames, fps: float = DEFAULT_FPS, crf: int = 18, backend: str = "auto",
+                comment: str | None = None) -> Path:
     """Write uint8 frames [T, H, W, 3] to an H.264 mp4 atomically. Returns the path."""
-    with VideoWriter(path, fps=fps, crf=crf, backend=backend) as writer:
+    with VideoWriter(path, fps=fps, crf=crf, backend=backend, comment=comment) as writer:
         writer.append(frames)
     return writer.path
 
@@ -227,3 +323,25 @@ def read_video(path) -> np.ndarray:
         return np.stack(list(iio.imiter(path, plugin="FFMPEG")))
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def read_comment(path) -> str | None:
+    """The "comment" metadata of a video file; None when it has none or cannot be read as a video."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        import av
+    except ImportError:
+        import subprocess
+
+        import imageio_ffmpeg
+        run = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+                             capture_output=True, text=True)
+        found = [line[len("comment="):] for line in run.stdout.splitlines() if line.startswith("comment=")]
+        return found[0] if run.returncode == 0 and found else None
+    try:
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment")
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return None
