@@ -1,6 +1,5 @@
 """Weights-free health metrics, segments and drift on synthetic videos whose values are known exactly."""
 import json
-import math
 
 import numpy as np
 import pytest

@@ -99,8 +99,8 @@ def test_killed_experiment_resumes_without_regenerating(tmp_path, assets, capsys
             "cli.add_parser(p.add_subparsers(dest='command')); "
             f"sys.exit(cli.run(p.parse_args(['experiment', {str(config)!r}, '--no-progress'])))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    stderr = open(tmp_path / "first-run.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:  # kill it as soon as the first video and its manifest are complete
         deadline = time.monotonic() + 300
         while not list(runs.rglob("*.manifest.json")) and proc.poll() is None and time.monotonic() < deadline:
@@ -108,8 +108,11 @@ def test_killed_experiment_resumes_without_regenerating(tmp_path, assets, capsys
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
+        stderr.seek(0)
+        first_log = stderr.read()
+        stderr.close()
     finished = _mp4s(runs)
-    assert 1 <= len(finished) < 4, "the first run must be killed in the middle"
+    assert 1 <= len(finished) < 4, f"the first run must be killed in the middle; its log:\n{first_log}"
     for video in finished:
         assert json.loads(video.with_suffix(".manifest.json").read_text())["video"] == video.name
 

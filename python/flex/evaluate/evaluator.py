@@ -92,7 +92,7 @@ class Evaluator:
         report = VideoReport(video=name, fps=float(fps), frames=0, segment_seconds=self.segment_seconds,
                              errors=dict(self.load_errors))
         report.timings = {"decode": 0.0, **{m: 0.0 for m in self.scorers}}
-        live = {m: s for m, s in self.scorers.items()}
+        live = dict(self.scorers)  # metrics still running on this video
         for m in live:
             report.metrics[m] = MetricSeries(m)
         stream = iter_segments(frames, length)

@@ -11,8 +11,6 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
 def video_fps(path) -> float:
     """Average frame rate of a video file's first video stream."""
-    import av
-
     with _open(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .pixels import adjacent_mean_abs_diff
 
 NAME = "frozen_fraction"
-SUMMARY = f"share of adjacent frame pairs whose mean |difference| is below 0.5 of 255 levels"
+SUMMARY = "share of adjacent frame pairs whose mean |difference| is below 0.5 of 255 levels"
 WEIGHTS: tuple = ()
 FROZEN_LEVELS = 0.5
 
