@@ -202,7 +202,9 @@ def source_commit() -> str | None:
                              text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def manifest_path(video: Path) -> Path:
