@@ -368,7 +368,13 @@ def test_out_of_range_slots_write_nothing(via, slot_dtype):
     v_guard, v_cache = guarded(batch, n_slots * SMALL_TPF, head_dim, dtype)
     frame_slots = torch.tensor(slots, dtype=slot_dtype, device=DEVICE)
     args = (q, k, v, None, None, 1e-6, ft, fh, fw, *SMALL_GRID, 0, k_cache, v_cache, frame_slots)
-    q_out = ops.norm_rope_cache_write(*args, backend="triton") if via == "ops" else fk.norm_rope_cache_write(*args)
+    if via == "ops":  # the public op checks the slots (one host read) before any kernel runs
+        with pytest.raises(ValueError, match="frame_slots must lie in"):
+            ops.norm_rope_cache_write(*args, backend="triton")
+        assert_guard_intact(k_guard, k_cache, "k_cache")
+        assert (k_cache == SENTINEL).all() and (v_cache == SENTINEL).all()
+        return
+    q_out = fk.norm_rope_cache_write(*args)
     q_ref, k_ref, v_ref = write_reference(q, k, v, ft, fh, fw, SMALL_GRID, 0, n_slots, slots, dtype)
     assert_close(q_out, q_ref, dtype, "q of every frame, in range or not")
     assert_guard_intact(k_guard, k_cache, "k_cache")
@@ -413,14 +419,22 @@ def unrotated_past_table(ft, offset, frames):
 @pytest.mark.parametrize("offset", [-2, 3, 10**12, -(2**62)], ids=["before", "straddles-end", "far", "far-negative"])
 @pytest.mark.parametrize("on_device", [False, True], ids=["int", "device"])
 def test_frame_offset_outside_table_reads_no_row(offset, on_device):
-    """Temporal rows outside freqs_t are not read; those frames keep their temporal planes
-    unrotated (flex.ops rejects such offsets; a device offset cannot be checked on the host)."""
+    """A host frame offset outside freqs_t is an error; with a device offset (which cannot be
+    checked on the host) rows outside freqs_t are not read: those frames keep their temporal
+    planes unrotated."""
     head_dim, dtype, frames, rows = 32, torch.float32, 3, 4
     x, k, v = (randn(1, frames * SMALL_TPF, HEADS, head_dim, dtype=dtype, seed=80 + i) for i in range(3))
     ft, fh, fw = Rope3D.for_wan(head_dim, "flex", length=480).tables(50, rows, *SMALL_GRID, device=DEVICE)
     ft_guarded = nan_guarded_table(ft)
     expected_t = unrotated_past_table(ft, offset, frames)
     off = torch.tensor(offset, dtype=torch.int64, device=DEVICE) if on_device else offset
+    if not on_device:  # a host offset is checked on the host: an error naming it, nothing is read
+        with pytest.raises(ValueError, match="frame_offset"):
+            fk.rope3d(x, ft_guarded, fh, fw, *SMALL_GRID, off)
+        with pytest.raises(ValueError, match="frame_offset"):
+            fk.norm_rope_cache_write(x, k, v, None, None, 1e-6, ft_guarded, fh, fw, *SMALL_GRID, off,
+                                     torch.zeros_like(x), torch.zeros_like(x), torch.arange(frames, device=DEVICE))
+        return
     out = fk.rope3d(x, ft_guarded, fh, fw, *SMALL_GRID, off)
     assert_close(out, reference.rope3d(x, expected_t, fh, fw, *SMALL_GRID, 0), dtype, "rope3d")
     k_cache = torch.zeros(1, frames * SMALL_TPF, HEADS, head_dim, dtype=dtype, device=DEVICE)

@@ -140,7 +140,19 @@ class SlotTable:
         return min(self.n_slots, self.frames_written) * self.tokens_per_frame
 
 
-class RingKVCache:
+class _TableViews:
+    """The slot table's sizes and bookkeeping, read through a cache that owns (or shares) it."""
+
+    table: SlotTable
+    sink_frames = property(lambda self: self.table.sink_frames)
+    window_frames = property(lambda self: self.table.window_frames)
+    tokens_per_frame = property(lambda self: self.table.tokens_per_frame)
+    n_slots = property(lambda self: self.table.n_slots)
+    slot_frame = property(lambda self: self.table.slot_frame)
+    frames_written = property(lambda self: self.table.frames_written)
+
+
+class RingKVCache(_TableViews):
     """k, v: [B, (sink + window) * tpf, H, D] plus the slot bookkeeping (``table``).
 
     Layers of one model share one :class:`SlotTable` (``table=``): they hold the same frames.
@@ -171,12 +183,6 @@ class RingKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    sink_frames = property(lambda self: self.table.sink_frames)
-    window_frames = property(lambda self: self.table.window_frames)
-    tokens_per_frame = property(lambda self: self.table.tokens_per_frame)
-    n_slots = property(lambda self: self.table.n_slots)
-    slot_frame = property(lambda self: self.table.slot_frame)
-    frames_written = property(lambda self: self.table.frames_written)
 
     @property
     def capacity_frames(self) -> int:
@@ -231,7 +237,7 @@ class TextCache:
         return len(self.kv)
 
 
-class ModelKVCache:
+class ModelKVCache(_TableViews):
     """One :class:`RingKVCache` per layer of a model, all sharing one :class:`SlotTable`."""
 
     def __init__(self, num_layers, batch, num_heads, head_dim, grid_h, grid_w, sink_frames, window_frames,
@@ -245,12 +251,6 @@ class ModelKVCache:
             for _ in range(num_layers)
         ]
 
-    sink_frames = property(lambda self: self.table.sink_frames)
-    window_frames = property(lambda self: self.table.window_frames)
-    tokens_per_frame = property(lambda self: self.table.tokens_per_frame)
-    n_slots = property(lambda self: self.table.n_slots)
-    slot_frame = property(lambda self: self.table.slot_frame)
-    frames_written = property(lambda self: self.table.frames_written)
     device = property(lambda self: self.table.device)
     dtype = property(lambda self: self.layers[0].k.dtype)
     batch = property(lambda self: self.layers[0].k.shape[0])

@@ -23,7 +23,10 @@ from .generation import (
     DTYPES, GenerationSettings, SettingsError, Terminated, generate_videos, read_prompt_file,
     terminate_as_interrupt,
 )
+from .generation import MODULATIONS, NOISES
 from .generation import latent_frames as _latent_frames
+from .pipeline import RECACHE_MODES
+from .presets import MODEL_PRESETS, model_preset
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 COMPILE_CHOICES = {"off": False, "on": True, "frozen": "frozen"}
@@ -80,8 +83,9 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
                          "generator), a .safetensors state dict, or a Wan2.1 model folder (config.json + "
                          "diffusion_pytorch_model.safetensors, or a Diffusers transformer/ folder)")
     io.add_argument("--wan-dir", required=defaults, default=d(None), metavar="DIR",
-                    help="Diffusers-format Wan2.1 folder with text_encoder/, tokenizer/ and vae/ "
-                         "(e.g. Wan2.1-T2V-1.3B-Diffusers)")
+                    help="Wan2.1 folder with the text encoder, tokenizer and VAE: the original download "
+                         "(Wan-AI/Wan2.1-T2V-1.3B: models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/, "
+                         "Wan2.1_VAE.pth) or the Diffusers one (text_encoder/, tokenizer/, vae/)")
     prompts = io.add_mutually_exclusive_group(required=defaults)
     prompts.add_argument("--prompt", default=d(None), metavar="TEXT", help="one text prompt")
     prompts.add_argument("--prompts", default=d(None), metavar="FILE",
@@ -152,9 +156,34 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
                        help="extra multiplier of the LoRA delta")
     model.add_argument("--trust-checkpoint", action="store_true", default=d(False),
                        help="allow checkpoints that hold Python objects (runs pickle code: trusted files only)")
-    model.add_argument("--denoising-steps", default=d(",".join(f"{s:g}" for s in settings_defaults[
-                           "denoising_steps"].default)), metavar="LIST",
-                       help="Self Forcing's denoising step list (warped through the shift-5 schedule)")
+    model.add_argument("--model", choices=tuple(MODEL_PRESETS), default=default("model"),
+                       help="the released model the weights are: sets its schedule (steps, shift, warp), "
+                            "chunk, the weights entry it reads, FLEX's settings for it and, with --no-flex, "
+                            "its own upstream baseline")
+    model.add_argument("--denoising-steps", default=d(None), metavar="LIST",
+                       help="denoising step list; default: the model's own, for self-forcing "
+                            "(default: 1000,750,500,250), causvid 1000,757,522 (raw, shift 8)")
+    model.add_argument("--shift", type=finite_float, default=d(None),
+                       help="shift of the flow-matching schedule (default: the model's; Self Forcing 5, CausVid 8)")
+    model.add_argument("--no-warp", action="store_true", default=d(False),
+                       help="use the step list as raw timesteps instead of warping it through the shifted "
+                            "table (CausVid does not warp)")
+    model.add_argument("--modulation", choices=MODULATIONS, default=default("modulation"),
+                       help="precision of the residual stream and modulation: fp32 (Wan's convention) or "
+                            "bf16 (Self Forcing's all-bf16 generator, to reproduce it bit for bit)")
+
+    io.add_argument("--noise", choices=NOISES, default=default("noise"),
+                    help="ans: each chunk's noise drawn on the CPU (antiphase with --rho); upstream: Self "
+                         "Forcing's own draws (the whole video's noise at once on the model's device and in "
+                         "its dtype, re-noising with randn_like), so that with --no-flex a seed reproduces "
+                         "upstream's latents")
+    prompts.add_argument("--prompt-schedule", default=d(None), metavar="FILE",
+                    help="a prompt schedule for the video: lines 'SECONDS: prompt' or a JSON list of "
+                         "[seconds, prompt] (instead of --prompt; in a --prompts file a line may hold "
+                         "'0: a cat | 5: a dog')")
+    io.add_argument("--recache", choices=RECACHE_MODES, default=default("recache"),
+                    help="at a prompt switch: recompute the window's cached K/V under the new prompt "
+                         "(window), also the sink's (all), or keep them (none)")
 
     run = p.add_argument_group("runtime")
     run.add_argument("--backend", default=default("backend"),
@@ -202,6 +231,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                "130 interrupted, 143 terminated (SIGTERM); no partial video is kept",
     )
     _add_generate_args(gen, defaults)
+    from .serve import cli as serve_cli
+
+    serve_cli.add_parser(sub, defaults)
     return parser
 
 
@@ -222,17 +254,16 @@ def _usage_error(err: SettingsError) -> CliError:
 
 
 def flex_config(args, explicit: set[str]):
-    """The FlexConfig of the FLEX flags (--no-flex: FlexConfig.off()'s values for the flags not typed)."""
+    """The FlexConfig of --model (FLEX on, or its upstream baseline with --no-flex) with the FLEX
+    flags typed on the command line applied on top."""
     from .config import FlexConfig
 
-    values = {field: getattr(args, dest) for dest, field in FLEX_FIELDS.items()}
-    if args.no_flex:
-        off = FlexConfig.off()
-        for dest in NO_FLEX_FLAGS:
-            if dest not in explicit:
-                values[FLEX_FIELDS[dest]] = getattr(off, FLEX_FIELDS[dest])
+    preset = model_preset(args.model)
+    base = preset.baseline_config() if args.no_flex else preset.flex_config()
+    values = {field: getattr(base, field) for field in FLEX_FIELDS.values()}
+    values.update({field: getattr(args, dest) for dest, field in FLEX_FIELDS.items() if dest in explicit})
     try:
-        return FlexConfig(**values)
+        return base.replace(**values) if isinstance(base, FlexConfig) else FlexConfig(**values)
     except ValueError as err:  # FlexConfig's messages start with the field name
         field = str(err).split(" ", 1)[0]
         where = f" ({_flag(field)})" if field in FLEX_FIELDS.values() else ""
@@ -247,16 +278,38 @@ def latent_frames(args, chunk: int) -> tuple[int, str]:
         raise _usage_error(err) from err
 
 
-def read_prompts(args) -> tuple[str, ...]:
+def read_prompts(args) -> tuple[tuple[str, ...], tuple | None]:
+    """(prompts, schedules or None): --prompt, --prompts FILE (a line may hold a '0: a | 5: b'
+    schedule) or --prompt-schedule FILE (one video)."""
+    from pathlib import Path
+
+    from .prompt_schedule import ScheduleError, parse_inline, parse_schedule
+
     if args.prompt is not None:
-        return (args.prompt,)
+        return (args.prompt,), None
     try:
-        return read_prompt_file(args.prompts)
+        if args.prompt_schedule is not None:
+            path = Path(args.prompt_schedule)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise CliError(f"--prompt-schedule {str(path)!r} cannot be read: {err}") from None
+            sched = parse_schedule(text, f"--prompt-schedule {str(path)!r}")
+            return (sched[0][1],), (sched,)
+        lines = read_prompt_file(args.prompts)
+        scheds = tuple(parse_inline(line, f"--prompts line {k + 1}") for k, line in enumerate(lines))
+    except ScheduleError as err:
+        raise CliError(str(err)) from None
     except SettingsError as err:
         raise _usage_error(err) from err
+    if not any(scheds):
+        return lines, None
+    return tuple(line if sched is None else sched[0][1] for line, sched in zip(lines, scheds)), scheds
 
 
-def denoising_steps(text: str) -> tuple[float, ...]:
+def denoising_steps(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
     try:
         return tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
@@ -266,9 +319,12 @@ def denoising_steps(text: str) -> tuple[float, ...]:
 def settings_from_args(args, explicit: set[str]) -> GenerationSettings:
     """The checked settings of ``flex generate``'s arguments (CliError names the flag at fault)."""
     cfg = flex_config(args, explicit)
+    prompts, schedules = read_prompts(args)
     try:
         return GenerationSettings(
-            dit=args.dit, wan_dir=args.wan_dir, prompts=read_prompts(args), out=args.out,
+            dit=args.dit, wan_dir=args.wan_dir, prompts=prompts, schedules=schedules, recache=args.recache,
+            model=args.model, shift=args.shift, warp=False if args.no_warp else None,
+            modulation=args.modulation, noise=args.noise, out=args.out,
             frames=args.frames, seconds=args.seconds, seed=args.seed, height=args.height, width=args.width,
             crf=args.crf, flex=cfg, preset=args.preset, weights=args.weights, lora=args.lora,
             lora_alpha=args.lora_alpha, lora_scale=args.lora_scale, trust_checkpoint=args.trust_checkpoint,
@@ -296,6 +352,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)  # malformed command lines exit here, status 2
     try:
+        if args.command == "serve":
+            from .serve import cli as serve_cli
+
+            return serve_cli.run(args, _explicit(argv))
         with terminate_as_interrupt():
             settings = settings_from_args(args, _explicit(argv))
             generate_videos(settings, log=_log, on_video=_print_result, progress=not args.quiet)

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import FlexConfig
-from .schedule import SELF_FORCING_STEPS
 
 FPS = 16  # Wan2.1 / Self Forcing frame rate
 SPATIAL = 16  # pixels per DiT token side: VAE 8x times patch 2
@@ -55,6 +54,8 @@ SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts, [low
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 WEIGHTS = {"auto": None, "ema": True, "generator": False}  # -> load_dit(use_ema=...)
 COMPILE = (False, True, "frozen")
+MODULATIONS = ("fp32", "bf16")  # residual stream / modulation precision (CausalWanModel.fp32_modulation)
+NOISES = ("ans", "upstream")
 RECORD_PREFIX = "flex-settings-sha256:"  # the mp4 comment of a finished video: this + its hash
 
 logger = logging.getLogger(__name__)
@@ -199,15 +200,14 @@ def check_writable_folder(folder: Path, setting: str = "out") -> None:
 
 
 def check_wan_dir(wan_dir) -> Path:
+    """The Wan2.1 folder (text encoder, tokenizer, VAE): the original download or the Diffusers one."""
+    from .loading import check_wan_dir as folder_kind
+
     root = Path(wan_dir)
-    if not root.is_dir():
-        raise SettingsError("wan_dir", f"wan_dir {str(root)!r} does not exist")
-    needed = [root / "text_encoder" / "config.json", root / "tokenizer", root / "vae" / "config.json"]
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        raise SettingsError("wan_dir",
-                            f"wan_dir {str(root)!r} is not a Diffusers-format Wan2.1 folder; missing: "
-                            f"{', '.join(missing)} (download e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers)")
+    try:
+        folder_kind(root)
+    except (FileNotFoundError, ValueError) as err:
+        raise SettingsError("wan_dir", f"wan_dir: {err}") from None
     return root
 
 
@@ -284,7 +284,15 @@ class GenerationSettings:
     flex             the FLEX switches
     preset, weights  architecture name (None: from config.json / shapes); "auto" | "ema" | "generator"
     lora, lora_alpha, lora_scale, trust_checkpoint   as for flex.loading.load_dit
-    denoising_steps  Self Forcing's step list (warped through the shift-5 schedule)
+    model            the released model whose inference settings apply (flex.presets:
+                     self-forcing, causvid, longlive, krea-14b): its schedule, weights entry
+    denoising_steps, shift, warp   override the model's step list / schedule shift / whether
+                     the steps are warped through the shifted table (None: the model's)
+    modulation       "fp32" (Wan's convention) or "bf16" (Self Forcing's all-bf16 generator)
+    noise            "ans" (per chunk, antiphase) or "upstream" (Self Forcing's own draws)
+    schedules        per prompt, None or a prompt schedule ((seconds, text), ...) starting at 0 s
+                     (flex.prompt_schedule); the prompt switches while that video streams
+    recache          what a switch does to the cached K/V (flex.pipeline.RECACHE_MODES)
     backend, dtype, device, compile, cuda_graphs     runtime: flex.ops backend, "bf16" | "fp16" |
                      "fp32", "auto" | torch device, False | True | "frozen", bool
     overwrite        regenerate videos that are already finished with the same settings
@@ -310,7 +318,14 @@ class GenerationSettings:
     lora_alpha: float | None = None
     lora_scale: float = 1.0
     trust_checkpoint: bool = False
-    denoising_steps: tuple[float, ...] = tuple(float(s) for s in SELF_FORCING_STEPS)
+    model: str = "self-forcing"
+    denoising_steps: tuple[float, ...] | None = None
+    shift: float | None = None
+    warp: bool | None = None
+    modulation: str = "fp32"
+    noise: str = "ans"
+    schedules: tuple | None = None
+    recache: str = "window"
     backend: str = "auto"
     dtype: str = "bf16"
     device: str = "auto"
@@ -318,6 +333,7 @@ class GenerationSettings:
     cuda_graphs: bool = False
     overwrite: bool = False
 
+    model_preset: object = field(init=False, repr=False, compare=False)
     outputs: tuple[Path, ...] = field(init=False, repr=False, compare=False)
     latent_frames: int = field(init=False, repr=False, compare=False)
     frames_how: str = field(init=False, repr=False, compare=False)
@@ -345,7 +361,36 @@ class GenerationSettings:
             if not p.strip():
                 raise SettingsError("prompt", f"{which} is empty")
         object.__setattr__(self, "prompts", tuple(p.strip() for p in prompts))
-        object.__setattr__(self, "denoising_steps", check_denoising_steps(self.denoising_steps))
+        from .presets import model_preset
+
+        try:
+            preset = model_preset(self.model)
+            if self.denoising_steps is not None:
+                preset = preset.replace(denoising_steps=check_denoising_steps(self.denoising_steps))
+            if self.shift is not None:
+                preset = preset.replace(shift=self.shift)
+            if self.warp is not None:
+                preset = preset.replace(warp_denoising_step=self.warp)
+            preset.schedule()  # the step list must fit the (shifted, warped or raw) table
+        except SettingsError:
+            raise
+        except ValueError as err:
+            name = str(err).split(" ", 1)[0]
+            name = {"warp_denoising_step": "warp", "name": "model"}.get(name, name)
+            raise SettingsError(name if name in ("model", "shift", "warp", "denoising_steps") else "model",
+                                str(err).replace("warp_denoising_step", "warp", 1)) from None
+        object.__setattr__(self, "model_preset", preset)
+        object.__setattr__(self, "denoising_steps", tuple(float(t) for t in preset.denoising_steps))
+        if self.modulation not in MODULATIONS:
+            raise SettingsError("modulation", f"modulation must be one of {MODULATIONS}, got {self.modulation!r}")
+        if self.noise not in NOISES:
+            raise SettingsError("noise", f"noise must be one of {NOISES}, got {self.noise!r}")
+        if self.schedules is not None:
+            object.__setattr__(self, "schedules", self._check_schedules())
+        from .pipeline import RECACHE_MODES
+
+        if self.recache not in RECACHE_MODES:
+            raise SettingsError("recache", f"recache must be one of {RECACHE_MODES}, got {self.recache!r}")
         if not isinstance(self.flex, FlexConfig):
             raise SettingsError("flex", f"flex must be a FlexConfig, got {type(self.flex).__name__}")
         if not Path(self.dit).exists():
@@ -387,12 +432,43 @@ class GenerationSettings:
         if not (self.compile is False or self.compile is True or self.compile == "frozen"):
             raise SettingsError("compile", f"compile must be one of {COMPILE}, got {self.compile!r}")
         frames, how = latent_frames(self.frames, self.seconds, self.flex.chunk_frames)
+        if self.schedules is not None:
+            from .prompt_schedule import ScheduleError, switch_frames
+
+            for i, sched in enumerate(self.schedules):
+                if sched is not None:
+                    try:
+                        switch_frames(sched, FPS, frames)
+                    except ScheduleError as err:
+                        raise SettingsError("schedules", f"schedules (prompt {i}): {err}") from None
         device = resolve_device(self.device)
         check_step_options(device, self.flex, self.compile, self.cuda_graphs)
         outputs = output_paths(self.out, self.prompts)
         for folder in dict.fromkeys(p.parent for p in outputs):  # last: the cheap checks fail first
             check_writable_folder(folder)
         return dict(outputs=outputs, latent_frames=frames, frames_how=how, torch_device=device)
+
+    def _check_schedules(self) -> tuple:
+        from .prompt_schedule import ScheduleError, check_schedule
+
+        scheds = self.schedules
+        if isinstance(scheds, (str, bytes)) or not isinstance(scheds, Sequence) or len(scheds) != len(self.prompts):
+            raise SettingsError("schedules", f"schedules must hold one entry (None or a schedule) per prompt "
+                                             f"({len(self.prompts)}), got {scheds!r:.80}")
+        out = []
+        for i, sched in enumerate(scheds):
+            if sched is None:
+                out.append(None)
+                continue
+            try:
+                sched = check_schedule(sched, f"schedule of prompt {i}")
+            except (ScheduleError, TypeError, ValueError) as err:
+                raise SettingsError("schedules", f"schedules: {err}") from None
+            if sched[0][1] != self.prompts[i]:
+                raise SettingsError("schedules", f"schedules: prompt {i} is {self.prompts[i]!r:.40} but its schedule "
+                                                 f"starts with {sched[0][1]!r:.40}")
+            out.append(sched)
+        return tuple(out)
 
     # ------------------------------------------------------------ what produced a video
 
@@ -412,7 +488,11 @@ class GenerationSettings:
             "lora_alpha": self.lora_alpha, "lora_scale": self.lora_scale,
             "latent_frames": self.latent_frames, "height": self.height, "width": self.width,
             "flex": asdict(self.flex),
-            "denoising_steps": list(self.denoising_steps),
+            "model": self.model, "denoising_steps": list(self.denoising_steps),
+            "shift": self.model_preset.shift, "warp": self.model_preset.warp_denoising_step,
+            "context_noise": self.model_preset.context_noise, "modulation": self.modulation, "noise": self.noise,
+            "schedule": None if self.schedules is None or self.schedules[i] is None else list(self.schedules[i]),
+            "recache": self.recache,
             "backend": self.backend, "dtype": self.dtype, "device": self.torch_device.type,
             "compile": self.compile, "cuda_graphs": self.cuda_graphs,
             "video": {"fps": FPS, "crf": self.crf, "codec": "libx264", "threads": ENCODER_THREADS,
@@ -543,6 +623,7 @@ def generate_videos(
     import torch
 
     from .loading import load_dit
+    from .noise import UpstreamNoise
     from .pipeline import Pipeline
     from .text import WanTextEncoder
     from .vae import WanVAEDecoder
@@ -558,9 +639,16 @@ def generate_videos(
         f"rho {cfg.rho:g}, sink {cfg.sink_frames} + window {cfg.window_frames} frames, chunk {cfg.chunk_frames}")
 
     # 1. DiT weights, memory-mapped on the CPU: their config tells the text length and width.
-    model, info = load_dit(settings.dit, settings.preset, use_ema=WEIGHTS[settings.weights], lora=settings.lora,
-                           lora_alpha=settings.lora_alpha, lora_scale=settings.lora_scale,
-                           trust_pickle=settings.trust_checkpoint)
+    preset = settings.model_preset
+    # The model's weights entry and LoRA alpha unless given; the architecture comes from the
+    # file (config.json or the tensor shapes) unless --preset names it.
+    defaults = preset.load_kwargs()
+    use_ema = WEIGHTS[settings.weights] if settings.weights != "auto" else (
+        defaults["use_ema"] if settings.lora is None else None)
+    model, info = load_dit(settings.dit, settings.preset, use_ema=use_ema, lora=settings.lora,
+                           lora_alpha=settings.lora_alpha if settings.lora_alpha is not None else
+                           defaults["lora_alpha"], lora_scale=settings.lora_scale,
+                           trust_pickle=settings.trust_checkpoint, fp32_modulation=settings.modulation == "fp32")
     mcfg = model.config
     log(f"DiT: {info['source']} [{info['entry']}], {info['config_source']}"
         + (f", LoRA {info['lora']} merged" if "lora" in info else ""))
@@ -571,6 +659,14 @@ def generate_videos(
         raise ValueError(f"the text encoder in {str(settings.wan_dir)!r} gives {text_enc.d_model}-wide embeddings "
                          f"but the DiT expects text_dim {mcfg.text_dim}")
     embeddings = {i: text_enc.encode([settings.prompts[i]]).cpu() for i in todo}
+    switches = {}  # prompt i -> [(first latent frame, embeddings)] of its later prompts
+    if settings.schedules is not None:
+        from .prompt_schedule import switch_frames
+
+        for i in todo:
+            if settings.schedules[i] is not None:
+                switches[i] = [(f, text_enc.encode([p]).cpu()) for f, p in
+                               switch_frames(settings.schedules[i], FPS, frames)[1:]]
     del text_enc
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -579,21 +675,26 @@ def generate_videos(
     # 3. DiT and VAE on the device.
     model = model.to(device=device, dtype=dtype)
     vae = WanVAEDecoder.from_pretrained(settings.wan_dir, device, dtype)
-    pipe = Pipeline(model, cfg, denoising_steps=settings.denoising_steps, backend=settings.backend,
+    pipe = Pipeline(model, cfg, **preset.pipeline_kwargs(), backend=settings.backend,
                     compile=settings.compile, cuda_graphs=settings.cuda_graphs)
 
     from tqdm.auto import tqdm
 
     for k, i in enumerate(todo):
         out = settings.outputs[i]
-        gen = torch.Generator("cpu").manual_seed(settings.seed + i)  # same noise on every device
+        if settings.noise == "upstream":  # Self Forcing's draws: on the model's device, in its dtype
+            noise = dict(noise=UpstreamNoise(settings.seed + i))
+        else:  # per chunk from a CPU generator: the same noise on every device
+            noise = dict(generator=torch.Generator("cpu").manual_seed(settings.seed + i))
+        schedule = dict(prompts=[(0, embeddings[i])] + switches[i], text=None, recache=settings.recache) \
+            if i in switches else dict(text=embeddings[i])
         start = time.perf_counter()
         bar = tqdm(total=n_chunks, unit="chunk", desc=f"[{k + 1}/{len(todo)}] {out.name}",
                    disable=not progress, file=sys.stderr)
         try:
             with VideoWriter(out, fps=FPS, crf=settings.crf, comment=settings.video_comment(i)) as writer:
                 stream = vae.stream()
-                for latents in pipe.stream(embeddings[i], frames, (h, w), generator=gen):
+                for latents in pipe.stream(num_frames=frames, latent_size=(h, w), **schedule, **noise):
                     with torch.no_grad():
                         writer.append(stream.decode(latents)[0])
                     elapsed = time.perf_counter() - start

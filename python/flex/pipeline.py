@@ -82,6 +82,9 @@ class Pipeline:
             in (fastest on CPU; weights changed later are not seen); or a backend name/callable.
         cuda_graphs: capture each pass in a CUDA graph and replay it (CUDA models only);
             combines with ``compile``.
+        parallel: a :class:`flex.distributed.ParallelPlan` to run every stream sequence parallel
+            over its process group (each rank calls the same stream with the same prompt and
+            noise; each gets the whole latents); None (default) runs in this process alone.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Pipeline:
         backend: str | Mapping[str, str] = "auto",
         compile: bool | str | Callable = False,
         cuda_graphs: bool = False,
+        parallel=None,
     ):
         if not isinstance(model, CausalWanModel):
             raise ValueError(f"model must be a CausalWanModel, got {type(model).__name__}")
@@ -106,6 +110,12 @@ class Pipeline:
         check_bool("warp_denoising_step", warp_denoising_step)
         ops.backend_per_op(backend)  # validates the name(s) now
         check_step_options(model.device, config, compile, cuda_graphs)
+        if parallel is not None:  # sequence parallel (flex.distributed): rules checked once here
+            from .distributed.sequence import check_parallel
+            check_parallel(parallel, model, compile, cuda_graphs)
+        self.parallel = parallel
+        # Passed on to the model only when set: models with the single-process signature still work.
+        self._parallel_kw = {} if parallel is None else {"parallel": parallel}
         self.compile, self.cuda_graphs = compile, cuda_graphs
         self.step: ChunkStep | None = None  # the fixed-buffer pass, when compile or cuda_graphs
         self.model = model
@@ -236,6 +246,9 @@ class Pipeline:
         text, schedule = self._schedule(text, prompts, num_frames)
         self.text_batch(text, first_name)
         batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
+        if self.parallel is not None:
+            _, ph, pw = self.model.config.patch_size
+            self.parallel.check(self.model.num_heads, (h // ph) * (w // pw))
         for i, (_, entry) in enumerate(schedule):
             if self.text_batch(entry, f"prompts[{i}]") != batch:
                 raise ValueError(f"prompts[{i}] has batch {self.text_batch(entry)}, the stream has batch {batch}")
@@ -318,7 +331,8 @@ class Pipeline:
                     step.begin_stream(text_cache)
                     cache = step.cache
                 else:
-                    cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames)
+                    cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames,
+                                            **self._parallel_kw)
             self.cache = cache
             context = ContextLatents(cfg.sink_frames, cfg.window_frames)
             source.start((batch, num_frames, model.config.in_dim, h, w), device, model.param_dtype)
@@ -343,7 +357,7 @@ class Pipeline:
                     else:
                         pos = self.chunk_tables(cache, f0, n, num_frames)
                         run = (lambda x, t, f0=f0, pos=pos, text_cache=text_cache:
-                               model(x, t, text_cache, cache, f0, pos, self.backend))
+                               model(x, t, text_cache, cache, f0, pos, self.backend, **self._parallel_kw))
                     x = source.initial(f0, n).to(device, ldt)
                     x0 = self._denoise_chunk(run, x, f0, source)
                     if handle.recache != "none":
@@ -382,7 +396,7 @@ class Pipeline:
                               scale=scale, dtype=self.model.table_dtype)
         x = context.latents(frames)
         t = torch.full((x.shape[0], len(frames)), self.context_noise, device=x.device)
-        self.model.recache(x, t, text, cache, frames, pos, self.backend)
+        self.model.recache(x, t, text, cache, frames, pos, self.backend, **self._parallel_kw)
 
     def _denoise_chunk(self, run, x, f0, source: NoiseSource):
         """The 4 denoising passes and the clean pass of one chunk (``run(x, t)`` is one model

@@ -96,8 +96,10 @@ def _has_accelerate() -> bool:
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """[B, 3, T, H, W] in [-1, 1] -> [B, T, H, W, 3] uint8 on the CPU."""
-    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """[B, 3, T, H, W] in [-1, 1] -> [B, T, H, W, 3] uint8 on the CPU, as Self Forcing does it:
+    x * 0.5 + 0.5 clamped to [0, 1], times 255, truncated (its frames go through
+    ``torchvision.io.write_video``, which casts the float frames to uint8)."""
+    video = (255.0 * (video.float() * 0.5 + 0.5).clamp(0, 1)).to(torch.uint8)
     return video.permute(0, 2, 3, 4, 1).cpu()
 
 

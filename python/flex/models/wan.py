@@ -106,9 +106,12 @@ class CausalWanModel(nn.Module):
 
     # -- caches
     def new_cache(self, batch: int, grid_h: int, grid_w: int, sink_frames: int = 0, window_frames: int = 21,
-                  dtype: torch.dtype | None = None, device=None) -> ModelKVCache:
-        """Ring KV caches of every layer for a [grid_h x grid_w]-token frame grid."""
-        return ModelKVCache(self.num_layers, batch, self.num_heads, self.head_dim, grid_h, grid_w, sink_frames,
+                  dtype: torch.dtype | None = None, device=None, parallel=None) -> ModelKVCache:
+        """Ring KV caches of every layer for a [grid_h x grid_w]-token frame grid.
+
+        Sequence parallel (``parallel``, a flex.distributed.ParallelPlan): this rank's 1/N of the heads."""
+        heads = self.num_heads if parallel is None else parallel.local_heads(self.num_heads)
+        return ModelKVCache(self.num_layers, batch, heads, self.head_dim, grid_h, grid_w, sink_frames,
                           window_frames, dtype or self.param_dtype, device or self.device)
 
     def encode_text(self, context: torch.Tensor) -> TextCache:
@@ -150,10 +153,12 @@ class CausalWanModel(nn.Module):
         except RuntimeError:
             raise ValueError(f"timestep must broadcast to [B={b}, F={n}], got shape {tuple(t.shape)}") from None
 
-    def forward_with_attention(self, x, timestep, text, attend) -> torch.Tensor:
+    def forward_with_attention(self, x, timestep, text, attend, parallel=None) -> torch.Tensor:
         """Patchify, time embedding, blocks, head, unpatchify, with self-attention done by
         ``attend(layer_index, self_attn_module, q, k, v) -> [B, T, H, D]`` (q, k, v are the raw
-        projections). forward() and forward_full() plug their caches in here; so can callers."""
+        projections). forward() and forward_full() plug their caches in here; so can callers.
+        With sequence parallel (``parallel``) the blocks and the head run on this rank's shard
+        of the tokens, and the output tokens are gathered from every rank after the head."""
         cfg = self.config
         b, n, c, h, w = x.shape
         if not isinstance(text, TextCache):
@@ -173,16 +178,23 @@ class CausalWanModel(nn.Module):
         tokens = self.patch_embedding(x.to(wdt).transpose(1, 2))  # [B, dim, F, gh, gw]
         _, _, _, gh, gw = tokens.shape
         hs = tokens.flatten(2).transpose(1, 2).to(sdt)
+        if parallel is not None:  # sequence parallel: this rank's share of every frame's tokens
+            hs = parallel.split_tokens(hs, n)
         for i, blk in enumerate(self.blocks):
             hs = blk(hs, e0, n, text.kv[i], lambda attn, q, k, v, i=i: attend(i, attn, q, k, v))
         out = self.head(hs, e, n)  # [B, T, pt*ph*pw*C]
+        if parallel is not None:
+            out = parallel.gather_tokens(out, n)
         pt, ph, pw = cfg.patch_size
         out = out.view(b, n, gh, gw, pt, ph, pw, cfg.out_dim).permute(0, 1, 4, 7, 2, 5, 3, 6)
         return out.reshape(b, n * pt, cfg.out_dim, gh * ph, gw * pw).to(sdt)
 
     # -- cached chunk step
-    def check_cache(self, cache: ModelKVCache, batch: int, grid_h: int, grid_w: int) -> None:
-        """``cache`` must be this model's cache for this batch and token grid."""
+    def check_cache(self, cache: ModelKVCache, batch: int, grid_h: int, grid_w: int, parallel=None) -> None:
+        """``cache`` must be this model's cache for this batch and token grid (and, with sequence
+        parallel, hold this rank's share of the heads)."""
+        if parallel is not None:
+            parallel.check(self.num_heads, grid_h * grid_w)
         if not isinstance(cache, ModelKVCache) or len(cache.layers) != self.num_layers:
             raise ValueError("cache must be a ModelKVCache of this model (see CausalWanModel.new_cache)")
         if (cache.grid_h, cache.grid_w, cache.batch) != (grid_h, grid_w, batch):
@@ -193,6 +205,10 @@ class CausalWanModel(nn.Module):
             raise ValueError(f"cache dtype {cache.dtype} must equal the model's parameter dtype {self.param_dtype}")
         if cache.device != self.device:
             raise ValueError(f"cache is on {cache.device} but the model is on {self.device}")
+        heads = self.num_heads if parallel is None else parallel.local_heads(self.num_heads)
+        if cache.layers[0].k.shape[2] != heads:
+            raise ValueError(f"cache holds {cache.layers[0].k.shape[2]} heads, the pass needs {heads} "
+                             f"(sequence parallel: build it with new_cache(..., parallel=plan))")
 
     def forward(
         self,
@@ -203,6 +219,7 @@ class CausalWanModel(nn.Module):
         first_frame: int,
         positions: ChunkPositions | None = None,
         backend: str | Mapping[str, str] = "auto",
+        parallel=None,
     ) -> torch.Tensor:
         """Flow prediction of chunk x [B, n, C, H, W] (frames first_frame..+n) at ``timestep``.
 
@@ -210,12 +227,14 @@ class CausalWanModel(nn.Module):
         the same chunk wrote) and its queries attend to every resident slot, the chunk itself
         included (bidirectional inside a chunk). ``positions`` (from
         :func:`flex.positions.chunk_positions`) defaults to Wan's absolute positions.
+        ``parallel``: a flex.distributed.ParallelPlan for sequence parallel (its cache holds this
+        rank's heads, see :meth:`new_cache`); None runs the whole pass in this process.
         """
         self._check_latents(x)
         b, n, _, h, w = x.shape
         _, ph, pw = self.config.patch_size
         gh, gw = h // ph, w // pw
-        self.check_cache(cache, b, gh, gw)
+        self.check_cache(cache, b, gh, gw, parallel)
         if not isinstance(first_frame, int) or isinstance(first_frame, bool) or first_frame < 0:
             raise ValueError(f"first_frame must be an int >= 0, got {first_frame!r}")
         if positions is None:
@@ -227,7 +246,7 @@ class CausalWanModel(nn.Module):
         resident = cache.table.resident_prefix_tokens()
         kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
                            resident_prefix=resident is not None)
-        return self.chunk_pass(x, timestep, text, cache, positions, resident, kernels)
+        return self.chunk_pass(x, timestep, text, cache, positions, resident, kernels, parallel)
 
     def recache(
         self,
@@ -238,6 +257,7 @@ class CausalWanModel(nn.Module):
         frames: Sequence[int],
         positions: ChunkPositions | None = None,
         backend: str | Mapping[str, str] = "auto",
+        parallel=None,
     ) -> torch.Tensor:
         """Recompute the K/V of resident ``frames`` (their clean latents x [B, n, C, H, W], in that
         order) in one pass, e.g. under a new prompt: every one of them attends to every resident
@@ -246,7 +266,7 @@ class CausalWanModel(nn.Module):
         b, n, _, h, w = x.shape
         _, ph, pw = self.config.patch_size
         gh, gw = h // ph, w // pw
-        self.check_cache(cache, b, gh, gw)
+        self.check_cache(cache, b, gh, gw, parallel)
         frames = list(frames)
         resident = set(cache.table.resident_frames())
         if len(frames) != n or len(set(frames)) != n or not set(frames) <= resident:
@@ -257,7 +277,7 @@ class CausalWanModel(nn.Module):
         tokens = cache.table.resident_prefix_tokens()
         kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
                            resident_prefix=tokens is not None)
-        return self.chunk_pass(x, timestep, text, cache, positions, tokens, kernels)
+        return self.chunk_pass(x, timestep, text, cache, positions, tokens, kernels, parallel)
 
     def chunk_pass(
         self,
@@ -268,6 +288,7 @@ class CausalWanModel(nn.Module):
         positions: ChunkPositions,
         resident_tokens: int | None,
         kernels: ops.PassKernels,
+        parallel=None,
     ) -> torch.Tensor:
         """forward() without validation or host bookkeeping: device tensors in, device work only.
 
@@ -275,6 +296,8 @@ class CausalWanModel(nn.Module):
         k/v into their slots and attends over the ring; resident_tokens is the resident ring
         prefix once the chunk is written (for the unmasked backends). Nothing is read back to
         the host, so the pass can be traced whole by torch.compile and captured in a CUDA graph.
+        With ``parallel`` (sequence parallel) each layer's attention runs on this rank's heads
+        over all of the chunk's tokens, between two all_to_all exchanges (flex.distributed.sequence).
         """
         _, _, _, h, w = x.shape
         _, ph, pw = self.config.patch_size
@@ -284,15 +307,22 @@ class CausalWanModel(nn.Module):
         cache.table.record(pos.frames, pos.slots)
         slot_frame = cache.table.slot_frame
 
+        n = x.shape[1]
+
         def attend(i, attn, q, k, v):
             layer = cache.layers[i]
+            norm_q, norm_k = attn.norm_q.weight, attn.norm_k.weight
+            if parallel is not None:  # sequence parallel: qk-normed, all tokens of this rank's heads
+                q, k, v = parallel.attention_inputs(attn, q, k, v, n, self.eps)
+                norm_q = norm_k = None
             q_rot = kernels.norm_rope_cache_write(
-                q, k, v, attn.norm_q.weight, attn.norm_k.weight, self.eps, pos.freqs_t, pos.freqs_h,
+                q, k, v, norm_q, norm_k, self.eps, pos.freqs_t, pos.freqs_h,
                 pos.freqs_w, gh, gw, 0, layer.k, layer.v, pos.slots, rotate_k_temporal)
-            return kernels.ring_attention(q_rot, layer.k, layer.v, slot_frame, gh * gw, 0, 0, pos.scale,
-                                          pos.key_freqs_t, False, resident_tokens)
+            out = kernels.ring_attention(q_rot, layer.k, layer.v, slot_frame, gh * gw, 0, 0, pos.scale,
+                                         pos.key_freqs_t, False, resident_tokens)
+            return out if parallel is None else parallel.heads_to_tokens(out, n)
 
-        return self.forward_with_attention(x, timestep, text, attend)
+        return self.forward_with_attention(x, timestep, text, attend, parallel)
 
     def forward_full(self, x, timestep, text, mask=None, rope=None, *, query_pos=None, key_pos=None, scale=None):
         """The dense twin: see :func:`flex.models.dense.dense_forward`."""

@@ -1,0 +1,136 @@
+"""What ``flex generate`` runs under ``torchrun``: prompt-parallel generation over the ranks.
+
+    torchrun --standalone --nproc-per-node 8 -m flex generate --prompts prompts.txt --out videos/ ...
+
+Every rank takes an equal share of the unfinished videos (see :mod:`flex.distributed.work`)
+on its own device, records each finished video in ``<out>/manifest.jsonl`` and meets the
+others only at the start and the end; rank 0 logs the progress of all of them. A rerun, or a
+torchrun restart (``--max-restarts``), redoes only the videos not finished, whatever the
+number of ranks. The output folder must be one the ranks share (one node, or a shared file
+system across nodes).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import torch.distributed as dist
+
+from .launch import Launch, close_process_group, init_process_group, rank_device
+from .work import MANIFEST_NAME, Manifest, Progress, generation_items, pending_items, share, stderr_log
+
+
+def add_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The options of the many-process mode, for the ``generate`` parser (``defaults=False``:
+    argparse.SUPPRESS, as flex.cli parses a second time to see which flags were typed)."""
+    parser.add_argument("--sequence-parallel", type=int, default=1 if defaults else argparse.SUPPRESS, metavar="N",
+                        help="ranks that generate one video together (Ulysses attention over heads; N must "
+                             "divide the head count); the world is split into groups of N")
+
+
+def world_size() -> int:
+    """WORLD_SIZE of the torchrun launch (1 when not launched by torchrun)."""
+    return Launch.from_env().world_size
+
+
+def wants_distributed(args=None) -> bool:
+    """Whether ``flex generate`` should call :func:`run_generate` rather than generate_videos."""
+    return world_size() > 1 or getattr(args, "sequence_parallel", 1) != 1
+
+
+def manifest_path(settings) -> Path:
+    out = Path(settings.out)
+    return (out.parent if out.suffix.lower() == ".mp4" else out) / MANIFEST_NAME
+
+
+def check_sequence_parallel(size, launch: Launch) -> int:
+    from ..generation import SettingsError
+
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise SettingsError("sequence_parallel", f"sequence_parallel must be an int >= 1, got {size!r}")
+    if launch.world_size % size:
+        raise SettingsError("sequence_parallel", f"sequence_parallel ({size}) must divide the number of "
+                                                 f"processes (WORLD_SIZE = {launch.world_size})")
+    if size > 1:
+        # The generation job builds its own Pipeline; its sequence-parallel form is Python-only so far.
+        raise SettingsError("sequence_parallel", "sequence_parallel > 1 is not available in the generation job "
+                                                 "yet: use Pipeline(model, parallel=ParallelPlan.from_group()) "
+                                                 "from Python")
+    return size
+
+
+def run_generate(settings, args=None, *, log: Callable[[str], None] | None = None,
+                 on_video: Callable | None = None, progress_interval_s: float = 10.0):
+    """Prompt-parallel :func:`flex.generation.generate_videos` over torchrun's ranks.
+
+    Returns this rank's results (videos made or found finished). Raises RuntimeError on rank 0
+    when another rank did not reach the end (its unfinished videos are made by a rerun).
+    """
+    from ..generation import generate_videos
+
+    log = log or stderr_log
+    launch = Launch.from_env()
+    check_sequence_parallel(getattr(args, "sequence_parallel", 1), launch)
+    device = rank_device(launch, settings.device)
+    if str(device) != settings.device:
+        settings = dataclasses.replace(settings, device=str(device))  # same hash: only the type counts
+    joined = init_process_group(launch, device)
+    prefix = f"rank {launch.rank}/{launch.world_size}: " if launch.world_size > 1 else ""
+
+    def rank_log(msg: str) -> None:
+        log(prefix + msg)
+
+    try:
+        items = generation_items(settings)
+        manifest = Manifest(manifest_path(settings))
+        # Meeting 1: rank 0 decides what is left, so every rank splits the same list.
+        todo = None
+        if launch.is_main:
+            todo = [item.index for item in pending_items(items, manifest, lambda it: settings.is_done(it.index),
+                                                         settings.overwrite)]
+        if joined:
+            box = [todo]
+            dist.broadcast_object_list(box, src=0)
+            todo = box[0]
+        mine = share([items[i] for i in todo], launch.rank, launch.world_size)
+        if launch.is_main:
+            rank_log(f"{len(items) - len(todo)} of {len(items)} videos finished before; {len(todo)} left, "
+                     f"split over {launch.world_size} rank(s) (this one takes {len(mine)}), manifest {manifest.path}")
+        by_index = {item.index: item for item in mine}
+
+        def record(result) -> None:
+            item = by_index[result.index]
+            if not result.skipped or item.key not in manifest.finished_keys():
+                manifest.append(item, launch.rank, None if result.skipped else round(result.seconds, 3))
+            if on_video is not None:
+                on_video(result)
+
+        results = []
+        if mine:
+            if launch.is_main and launch.world_size > 1:
+                with Progress(manifest, items, len(items) - len(todo), rank_log, progress_interval_s):
+                    results = generate_videos(settings, log=rank_log, on_video=record, progress=False,
+                                              indices=[item.index for item in mine])
+            else:
+                results = generate_videos(settings, log=rank_log, on_video=record,
+                                          progress=launch.world_size == 1, indices=[item.index for item in mine])
+        # Meeting 2: the end. A rank that died makes it fail (gloo: its connection closed).
+        if joined:
+            try:
+                dist.barrier()
+            except RuntimeError as err:
+                if launch.is_main:
+                    raise RuntimeError(f"a rank did not finish its share ({err}); rerun the same command to "
+                                       f"make the missing videos (finished ones are kept)") from None
+                raise
+        if launch.is_main:
+            done = len({i.key for i in items} & manifest.finished_keys())
+            rank_log(f"{done}/{len(items)} videos finished")
+        return results
+    finally:
+        close_process_group()
+
+
+__all__ = ["add_arguments", "manifest_path", "run_generate", "wants_distributed", "world_size"]

@@ -1,0 +1,134 @@
+"""Sequence parallel for one video: Ulysses-style attention parallelism over heads.
+
+The N ranks of a group run the same stream (same prompt, same noise). Each rank holds 1/N of
+every chunk's tokens through the whole block -- projections, cross-attention, FFN and head --
+and all of the chunk's tokens for 1/N of the heads inside self-attention:
+
+    tokens [B, T/N, H, D] --all_to_all--> heads [B, T, H/N, D]     (q, k, v in one exchange)
+    qk-RMSNorm runs before it (it spans all heads of a token), RoPE + cache write + ring
+    attention after it, on the rank's heads: the ring cache of every layer holds H/N heads
+    out   [B, T, H/N, D]  --all_to_all--> [B, T/N, H, D]
+    and once per pass the head's output tokens are gathered, so every rank returns the
+    whole chunk's flow (the stream's host bookkeeping stays identical on every rank).
+
+A rank's token shard is the same slice of every frame ([F, tpf] -> [F, tpf/N]), so the
+per-frame modulation of the blocks applies to a shard unchanged. N must divide the heads and
+the tokens per frame. The cross-attention text K/V stay whole on every rank (they are small:
+L = 512 text tokens against T = 4,680 chunk tokens at 480x832, and sharding them would need a
+third exchange per layer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def qk_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Wan's qk RMSNorm over all H*D of each token of x [B, T, H, D], in x's dtype."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.flatten(2).to(dt)
+    y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps) * weight.to(dt)
+    return y.to(x.dtype).view(x.shape)
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """Sequence parallel over a process group (default: the whole world) of ``size`` ranks."""
+
+    size: int
+    rank: int
+    group: object = None  # a torch.distributed ProcessGroup; None = the default group
+
+    @classmethod
+    def from_group(cls, group=None) -> "ParallelPlan":
+        """The plan of this process in ``group`` (torch.distributed must be initialised)."""
+        if not dist.is_available() or not dist.is_initialized():
+            raise ValueError("sequence parallel needs torch.distributed initialised "
+                             "(see flex.distributed.launch.init_from_env)")
+        return cls(dist.get_world_size(group), dist.get_rank(group), group)
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ValueError(f"sequence parallel size must be an int >= 1, got {self.size!r}")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or not 0 <= self.rank < self.size:
+            raise ValueError(f"rank must be an int in [0, {self.size}), got {self.rank!r}")
+
+    # ------------------------------------------------------------ rules
+
+    def check(self, num_heads: int, tokens_per_frame: int | None = None) -> None:
+        """N must divide the head count and the tokens of a frame: a clear error otherwise."""
+        if num_heads % self.size:
+            raise ValueError(f"sequence parallel size {self.size} must divide the model's {num_heads} heads "
+                             f"(each rank attends with num_heads / N of them)")
+        if tokens_per_frame is not None and tokens_per_frame % self.size:
+            raise ValueError(f"sequence parallel size {self.size} must divide the {tokens_per_frame} tokens of a "
+                             f"latent frame (each rank holds the same share of every frame)")
+
+    def local_heads(self, num_heads: int) -> int:
+        return num_heads // self.size
+
+    # ------------------------------------------------------------ token shards
+
+    def split_tokens(self, hs: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """This rank's shard [B, F * tpf/N, C] of a chunk's tokens [B, F * tpf, C]."""
+        b, t, c = hs.shape
+        return hs.view(b, n_frames, self.size, t // (n_frames * self.size), c)[:, :, self.rank].reshape(b, -1, c)
+
+    def gather_tokens(self, shard: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """The whole chunk [B, F * tpf, C] from every rank's shard [B, F * tpf/N, C]."""
+        pieces = [torch.empty_like(shard) for _ in range(self.size)]
+        dist.all_gather(pieces, shard.contiguous(), group=self.group)
+        b, t, c = shard.shape
+        return torch.stack([p.view(b, n_frames, t // n_frames, c) for p in pieces], dim=2).reshape(b, -1, c)
+
+    # ------------------------------------------------------------ the two exchanges of attention
+
+    def attention_inputs(self, attn, q, k, v, n_frames: int, eps: float):
+        """q, k, v [B, T/N, H, D] of this rank's tokens -> qk-normed q, k and v [B, T, H/N, D] of
+        this rank's heads. The RMSNorm spans all heads of a token, so it runs before the exchange
+        (computed in float32, float64 for float64) and the fused kernel then skips it."""
+        stacked = torch.stack((qk_norm(q, attn.norm_q.weight, eps), qk_norm(k, attn.norm_k.weight, eps), v))
+        q, k, v = self.tokens_to_heads(stacked, n_frames).unbind(0)
+        return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+    def tokens_to_heads(self, x: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """[..., B, F * tpf/N, H, D] (all heads of this rank's tokens) -> [..., B, F * tpf, H/N, D]
+        (all tokens of this rank's heads); leading dims (q, k, v stacked) travel together."""
+        *lead, b, t, h, d = x.shape
+        n = self.size
+        # Send head group r to rank r: [N, ..., B, F, tpf/N, H/N, D], contiguous per destination.
+        send = x.reshape(*lead, b, n_frames, t // n_frames, n, h // n, d).movedim(-3, 0).contiguous()
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=self.group)
+        # recv[s] holds rank s's token shard: put the shards back inside their frames.
+        recv = recv.movedim(0, -4)  # [..., B, F, N, tpf/N, H/N, D]
+        return recv.reshape(*lead, b, t * n, h // n, d)
+
+    def heads_to_tokens(self, x: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """[B, F * tpf, H/N, D] (this rank's heads) -> [B, F * tpf/N, H, D] (this rank's tokens)."""
+        b, t, hl, d = x.shape
+        n = self.size
+        # Send token shard r (the same slice of every frame) to rank r.
+        send = x.reshape(b, n_frames, n, t // (n_frames * n), hl, d).movedim(2, 0).contiguous()
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=self.group)
+        # recv[s] holds head group s of this rank's tokens: heads in rank order.
+        recv = recv.movedim(0, -3)  # [B, F, tpf/N, N, H/N, D]
+        return recv.reshape(b, t // n, n * hl, d)
+
+
+def check_parallel(parallel, model, compile=False, cuda_graphs=False) -> None:
+    """Pipeline(parallel=...) rules: a ParallelPlan whose size divides the model's heads, and no
+    fixed-buffer pass (its traced pass has no collectives yet)."""
+    if not isinstance(parallel, ParallelPlan):
+        raise ValueError(f"parallel must be a flex.distributed.ParallelPlan or None, got {type(parallel).__name__}")
+    parallel.check(model.num_heads)
+    if compile or cuda_graphs:
+        raise ValueError("parallel: sequence parallel does not run under compile / cuda_graphs yet "
+                         "(pass compile=False, cuda_graphs=False)")
+
+
+__all__ = ["ParallelPlan", "check_parallel", "qk_norm"]

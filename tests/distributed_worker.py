@@ -1,0 +1,129 @@
+"""The per-rank programs of tests/test_distributed.py (run by torchrun or torch.multiprocessing).
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py sequence OUT.pt
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py \\
+        generate SETTINGS.json [KILL_RANK KILL_AT_VIDEO]
+
+``sequence OUT.pt``: every case of :data:`SEQUENCE_CASES` sequence parallel over the world;
+rank 0 saves {case: latents} (plus the heads its ring caches hold) to OUT.pt.
+
+``generate``: prompt-parallel flex.distributed.cli.run_generate of the GenerationSettings in a
+JSON file; with KILL_RANK, that rank kills itself (SIGKILL) while writing the first frames of
+its KILL_AT_VIDEO-th video (0-based), as a crashed GPU process would die.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+# case -> (rollout_cases.CONFIGS name, backend, dtype name, prompt switch at this frame or None);
+# every case wraps the ring; dynamic_S and window_positions rotate keys on load.
+SEQUENCE_CASES = {
+    "off-float64": ("off", "reference", "float64", None),
+    "off-float32": ("off", "auto", "float32", None),
+    "flex-float64": ("flex_sink_window", "reference", "float64", None),
+    "flex-float32-cpp": ("flex_sink_window", "cpp", "float32", None),
+    "dynamic_S-float64": ("dynamic_S", "reference", "float64", None),
+    "dynamic_S-float32": ("dynamic_S", "auto", "float32", None),
+    "window_positions-float32": ("window_positions", "auto", "float32", None),
+    "switch-recache-float64": ("flex_sink_window", "reference", "float64", 12),
+}
+
+
+def sequence_case(case: str, parallel=None):
+    """(latents, heads held by the ring cache) of one case, sequence parallel with ``parallel``."""
+    from rollout_cases import CONFIGS, DTYPES, HW
+
+    from flex import FlexConfig
+    from flex.models.wan import CausalWanModel
+    from flex.pipeline import Pipeline
+
+    name, backend, dtype_name, switch = SEQUENCE_CASES[case]
+    kwargs, frames = CONFIGS[name]
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    model = CausalWanModel("tiny").to(dtype)
+    texts = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    pipe = Pipeline(model, FlexConfig(**kwargs), backend=backend, parallel=parallel)
+    prompts = None if switch is None else [(0, texts[:1]), (switch, texts[1:])]
+    out = pipe.generate(texts[:1] if prompts is None else None, frames, HW,
+                        generator=torch.Generator().manual_seed(2), prompts=prompts)
+    return out, pipe.cache.layers[0].k.shape[2]
+
+
+def sequence(out_path) -> int:
+    import torch.distributed as dist
+
+    from flex.distributed import ParallelPlan
+    from flex.distributed.launch import Launch, close_process_group, init_process_group
+
+    torch.set_num_threads(1)
+    launch = Launch.from_env()
+    init_process_group(launch, torch.device("cpu"))
+    plan = ParallelPlan.from_group()
+    results = {case: sequence_case(case, plan) for case in SEQUENCE_CASES}
+    if launch.is_main:
+        torch.save({case: out for case, (out, _) in results.items()}
+                   | {"heads": {case: h for case, (_, h) in results.items()}}, out_path)
+    dist.barrier()
+    close_process_group()
+    return 0
+
+
+def settings_from_json(path):
+    from flex.config import FlexConfig
+    from flex.generation import GenerationSettings
+
+    kw = json.loads(Path(path).read_text())
+    kw["flex"] = FlexConfig(**kw.pop("flex", {}))
+    kw["prompts"] = tuple(kw["prompts"])
+    return GenerationSettings(**kw)
+
+
+def kill_at(rank_to_kill: int, video: int) -> None:
+    """SIGKILL this process on the first frame of its ``video``-th video, if it is ``rank_to_kill``."""
+    from flex import video as video_module
+    from flex.distributed.launch import Launch
+
+    if Launch.from_env().rank != rank_to_kill:
+        return
+    started = []
+    real_init, real_append = video_module.VideoWriter.__init__, video_module.VideoWriter.append
+
+    def init(self, *args, **kwargs):
+        started.append(1)
+        real_init(self, *args, **kwargs)
+
+    def append(self, frames):
+        real_append(self, frames)
+        if len(started) > video:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    video_module.VideoWriter.__init__, video_module.VideoWriter.append = init, append
+
+
+def generate(settings_path, kill_rank=None, kill_video=None) -> int:
+    from flex.distributed.cli import run_generate
+
+    torch.set_num_threads(1)
+    if kill_rank is not None:
+        kill_at(int(kill_rank), int(kill_video))
+    try:
+        run_generate(settings_from_json(settings_path), progress_interval_s=0.5)
+    except RuntimeError as err:
+        print(f"rank failed: {err}", file=sys.stderr, flush=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    command, *rest = sys.argv[1:]
+    sys.exit({"generate": generate, "sequence": sequence}[command](*rest))
