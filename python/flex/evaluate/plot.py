@@ -1,0 +1,49 @@
+"""PNG plots of metric curves over time: one panel per metric, one line per video or variant."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Mapping
+
+from .series import MetricSeries
+
+
+def plot_curves(path, curves: Mapping[str, Mapping[str, MetricSeries]], times: Mapping[str, list[float]],
+                title: str = "") -> Path:
+    """Write a PNG: ``curves[label][metric]`` is a series, ``times[label][k]`` the centre of
+    segment k in seconds (see VideoReport.segment_centres)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .registry import ALL_METRICS
+    from .report import atomic_write_bytes
+
+    metrics = [m for m in ALL_METRICS if any(m in c for c in curves.values())]
+    if not metrics:
+        raise ValueError("plot_curves: no metric curves to plot")
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for label, series in curves.items():
+            s = series.get(metric)
+            if s is None or not s.values:
+                continue
+            x = times[label][:len(s.values)]
+            ax.plot(x, s.values, marker="o", markersize=3, label=label)
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+        ax.set_xlabel("time (s)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    if len(curves) > 1:
+        axes.flat[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,107 @@
+"""Writing results: a JSON per video, a CSV and a markdown table per folder, all atomically.
+
+A table has one row per video (or variant) and, per metric, its mean and its drift (last
+segment minus first). Files appear complete or not at all (temporary file + os.replace).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .registry import ALL_METRICS
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, data) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def table_columns(rows: Sequence[dict]) -> list[str]:
+    """Metric columns present in any row, in the canonical order: ``<metric>``, ``<metric> drift``."""
+    present = {m for r in rows for m in r["metrics"]}
+    cols = []
+    for m in ALL_METRICS:
+        if m in present:
+            cols += [m, f"{m} drift"]
+    return cols
+
+
+def _cell(row: dict, col: str):
+    metric, _, drift = col.partition(" ")
+    series = row["metrics"].get(metric)
+    if series is None:
+        return float("nan")
+    return series.drift if drift else series.mean
+
+
+def rows_from_reports(reports) -> list[dict]:
+    """Table rows of video reports: {"labels": {"video": name}, "metrics": {name: MetricSeries}}."""
+    return [{"labels": {"video": Path(r.video).name}, "metrics": r.metrics} for r in reports]
+
+
+def csv_table(rows: Sequence[dict]) -> str:
+    labels = list(dict.fromkeys(k for r in rows for k in r["labels"]))
+    cols = table_columns(rows)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(labels + cols)
+    for r in rows:
+        writer.writerow([r["labels"].get(k, "") for k in labels] + [repr(_cell(r, c)) for c in cols])
+    return out.getvalue()
+
+
+def markdown_table(rows: Sequence[dict], digits: int = 4) -> str:
+    labels = list(dict.fromkeys(k for r in rows for k in r["labels"]))
+    cols = table_columns(rows)
+
+    def fmt(v: float) -> str:
+        return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+
+    lines = ["| " + " | ".join(labels + cols) + " |", "|" + "---|" * (len(labels) + len(cols))]
+    for r in rows:
+        cells = [str(r["labels"].get(k, "")) for k in labels] + [fmt(_cell(r, c)) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(folder, rows: Sequence[dict], stem: str = "summary") -> tuple[Path, Path]:
+    """``<folder>/<stem>.csv`` and ``<folder>/<stem>.md``."""
+    folder = Path(folder)
+    return (atomic_write_text(folder / f"{stem}.csv", csv_table(rows)),
+            atomic_write_text(folder / f"{stem}.md", markdown_table(rows)))
