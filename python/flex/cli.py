@@ -234,9 +234,11 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                "130 interrupted, 143 terminated (SIGTERM); no partial video is kept",
     )
     _add_generate_args(gen, defaults)
+    from .evaluate import cli as evaluate_cli
     from .serve import cli as serve_cli
 
     serve_cli.add_parser(sub, defaults)
+    evaluate_cli.add_parser(sub)
     return parser
 
 
@@ -355,6 +357,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)  # malformed command lines exit here, status 2
     try:
+        if args.command in ("evaluate", "experiment"):
+            from .evaluate import cli as evaluate_cli
+
+            return evaluate_cli.run(args)
         if args.command == "serve":
             from .serve import cli as serve_cli
 
