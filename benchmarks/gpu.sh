@@ -27,9 +27,9 @@ print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
 }
 
 run_tests() {
-    python -m pytest -q --maxfail=25 tests/test_cpp_ops.py tests/test_triton_kernels.py tests/test_backends.py \
-        tests/test_reference_attention.py tests/test_ops_dispatch.py tests/test_chunk_step.py tests/test_model.py \
-        tests/test_pipeline.py 2>&1 | tee "$out/tests.log" | tail -15
+    python -m pytest -q --maxfail=25 tests/test_op_rope3d.py tests/test_op_norm_rope_cache_write.py \
+        tests/test_op_ring_attention.py tests/test_op_dispatch.py tests/test_op_fuzz.py tests/test_chunk_step.py \
+        tests/test_model.py tests/test_pipeline.py 2>&1 | tee "$out/tests.log" | tail -15
 }
 
 short() {
