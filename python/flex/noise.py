@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .checks import check_float
+from .checks import check_float, check_int
 
 
 def antiphase_noise(
@@ -97,8 +97,6 @@ class UpstreamNoise(NoiseSource):
     gives the global generator's sequence after ``torch.manual_seed(seed)``)."""
 
     def __init__(self, seed: int):
-        from .checks import check_int
-
         self.seed = check_int("seed", seed, -2**63, 2**64 - 1)
 
     def start(self, video_shape, device, dtype):

@@ -210,6 +210,21 @@ class CausalWanModel(nn.Module):
             raise ValueError(f"cache holds {cache.layers[0].k.shape[2]} heads, the pass needs {heads} "
                              f"(sequence parallel: build it with new_cache(..., parallel=plan))")
 
+    def _check_pass(self, x, cache: ModelKVCache, parallel) -> tuple[int, int, int]:
+        """Checks shared by every cached pass; (frames, grid_h, grid_w) of latents x."""
+        self._check_latents(x)
+        b, n, _, h, w = x.shape
+        _, ph, pw = self.config.patch_size
+        self.check_cache(cache, b, h // ph, w // pw, parallel)
+        return n, h // ph, w // pw
+
+    def _planned_pass(self, x, timestep, text, cache: ModelKVCache, positions: ChunkPositions, backend, parallel):
+        """Plan the pass's kernels for the cache's current state, then run it."""
+        resident = cache.table.resident_prefix_tokens()
+        kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
+                           resident_prefix=resident is not None)
+        return self.chunk_pass(x, timestep, text, cache, positions, resident, kernels, parallel)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -230,11 +245,7 @@ class CausalWanModel(nn.Module):
         ``parallel``: a flex.distributed.ParallelPlan for sequence parallel (its cache holds this
         rank's heads, see :meth:`new_cache`); None runs the whole pass in this process.
         """
-        self._check_latents(x)
-        b, n, _, h, w = x.shape
-        _, ph, pw = self.config.patch_size
-        gh, gw = h // ph, w // pw
-        self.check_cache(cache, b, gh, gw, parallel)
+        n, gh, gw = self._check_pass(x, cache, parallel)
         if not isinstance(first_frame, int) or isinstance(first_frame, bool) or first_frame < 0:
             raise ValueError(f"first_frame must be an int >= 0, got {first_frame!r}")
         if positions is None:
@@ -243,10 +254,7 @@ class CausalWanModel(nn.Module):
         elif positions.frames.numel() != n:
             raise ValueError(f"positions were built for {positions.frames.numel()} frames, the chunk has {n}")
         cache.table.reserve(first_frame, n)
-        resident = cache.table.resident_prefix_tokens()
-        kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
-                           resident_prefix=resident is not None)
-        return self.chunk_pass(x, timestep, text, cache, positions, resident, kernels, parallel)
+        return self._planned_pass(x, timestep, text, cache, positions, backend, parallel)
 
     def recache(
         self,
@@ -262,11 +270,7 @@ class CausalWanModel(nn.Module):
         """Recompute the K/V of resident ``frames`` (their clean latents x [B, n, C, H, W], in that
         order) in one pass, e.g. under a new prompt: every one of them attends to every resident
         slot, itself and the other re-cached frames included. Returns the flow prediction."""
-        self._check_latents(x)
-        b, n, _, h, w = x.shape
-        _, ph, pw = self.config.patch_size
-        gh, gw = h // ph, w // pw
-        self.check_cache(cache, b, gh, gw, parallel)
+        n, gh, gw = self._check_pass(x, cache, parallel)
         frames = list(frames)
         resident = set(cache.table.resident_frames())
         if len(frames) != n or len(set(frames)) != n or not set(frames) <= resident:
@@ -274,10 +278,7 @@ class CausalWanModel(nn.Module):
         if positions is None:
             positions = frame_positions(self.default_rope(), cache.table, torch.tensor(frames, device=cache.device),
                                         gh, gw, dtype=self.table_dtype)
-        tokens = cache.table.resident_prefix_tokens()
-        kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
-                           resident_prefix=tokens is not None)
-        return self.chunk_pass(x, timestep, text, cache, positions, tokens, kernels, parallel)
+        return self._planned_pass(x, timestep, text, cache, positions, backend, parallel)
 
     def chunk_pass(
         self,
