@@ -8,6 +8,7 @@ VAE decode is timed separately, chunk by chunk, on the first horizon (diffusers 
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 
@@ -18,6 +19,8 @@ from flex.config import FlexConfig
 from flex.models.wan import CausalWanModel, wan_config
 from flex.pipeline import Pipeline
 
+from .flops import stream_flops
+from .interleave import interleaved, ratio, spread_warning
 from .upstream import MAX_POSITIONS, UpstreamStyleWan
 
 SINK, WINDOW, CHUNK = 3, 9, 3
@@ -146,16 +149,29 @@ def _error(err: Exception) -> str:
 
 
 PATH_KEYS = ("upstream", "off", "on", "fast")  # --paths names of the four paths, in order
+DEFAULT_HORIZONS = (5, 30, 60)  # a CPU run's default; --full (and a GPU) adds 240 s
+PASSES_PER_CHUNK = 5  # 4 denoising steps + the clean context pass
+
+
+def _row_numbers(frames: int, times: list[float], flops: float, matmul_tflops: float | None) -> dict:
+    sec = statistics.median(times)
+    tflops = flops / sec / 1e12
+    return dict(latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
+                wall_seconds_per_round=times, model_tflops=tflops,
+                roofline_fraction=None if not matmul_tflops else tflops / matmul_tflops)
 
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True,
         horizons: tuple[int, ...] | None = None, paths: tuple[str, ...] = PATH_KEYS,
-        options: bool = True, on_progress=None) -> dict:
+        options: bool = True, on_progress=None, matmul_tflops: float | None = None) -> dict:
     """{"rows": the path x horizon matrix, "options": compile / CUDA-graph variants, "notes": ...}.
 
     ``paths`` picks among upstream-style / FLEX off / FLEX on / FLEX on with the fastest options;
-    ``options=False`` skips the per-option table; ``on_progress(partial result)`` is called
-    after every horizon (to save what was measured so far).
+    at every horizon they run in turns, ``repeats`` rounds, and every ratio is the median over
+    rounds with its min and max (benchmarks/interleave.py). ``options=False`` skips the
+    per-option table; ``on_progress(partial result)`` is called after every horizon (to save
+    what was measured so far); ``matmul_tflops`` (the roofline measured in the same run) gives
+    each row's achieved model FLOP/s as a fraction of it.
     """
     unknown = set(paths) - set(PATH_KEYS)
     if unknown or not paths:
@@ -196,57 +212,78 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     rows, option_rows = [], []
     notes = ["text encoding excluded: the prompt's cross-attention K/V are computed before timing",
              "warm-up (compilation, CUDA-graph capture) is excluded from FPS and reported as warmup_seconds",
-             "upstream-style path runs eagerly, as the upstream code ships"]
+             "upstream-style path runs eagerly, as the upstream code ships",
+             f"paths run in turns, {repeats} round(s) per horizon; FPS from the median round, ratios as the median "
+             f"of the per-round ratios (min-max in brackets)",
+             "model TFLOP/s counts the DiT's matmuls (benchmarks/flops.py), of roofline = against the matmul "
+             "measured in this run"]
     progress = on_progress or (lambda partial: None)
     model_desc = f"dim {s['model'].dim}, {s['model'].num_layers} layers, {s['model'].num_heads}x{s['model'].head_dim}"
-    bar = tqdm(total=sum(latent_frames(h) for h in horizons) * len(paths), unit="frame", desc="end to end",
-               leave=False)
+    tpf = (s["latent"][0] // 2) * (s["latent"][1] // 2)
+    bar = tqdm(total=sum(latent_frames(h) for h in horizons) * len(paths) * repeats, unit="frame",
+               desc="end to end", leave=False)
+
+    def timed(pipe, frames, mem):
+        def once():
+            with PeakMemory(device) as m:
+                sec = run_stream(pipe, text_cache, frames, s["latent"], device)
+            mem.append(m.mb)
+            bar.update(frames)
+            return sec
+        return once
+
     for seconds in horizons:
         frames = latent_frames(seconds)
-        base = None
+        flops = stream_flops(s["model"], tpf, frames, CHUNK, SINK, WINDOW, PASSES_PER_CHUNK)
+        base_row = dict(seconds_of_video=seconds, latent_frames=frames, video_frames=4 * frames - 3,
+                        model=model_desc, latent_size=list(s["latent"]), sink_frames=SINK, window_frames=WINDOW,
+                        model_tflop_per_stream=flops / 1e12)
+        runs, mems = {}, {}
         for name, pipe in paths.items():
-            bar.set_postfix_str(f"{seconds} s, {name}")
-            row = dict(path=name, seconds_of_video=seconds, latent_frames=frames, video_frames=4 * frames - 3,
-                       model=model_desc, latent_size=list(s["latent"]), sink_frames=SINK, window_frames=WINDOW)
             if name.startswith("upstream") and frames > MAX_POSITIONS:
-                bar.update(frames)
                 continue  # upstream's 1024-position RoPE table cannot go there
             if id(pipe) in failed:
-                rows.append(dict(row, error=failed[id(pipe)]))
-                bar.update(frames)
+                rows.append(dict(base_row, path=name, error=failed[id(pipe)]))
                 continue
-            try:
-                with PeakMemory(device) as mem:
-                    sec = run_stream(pipe, text_cache, frames, s["latent"], device)
-            except Exception as err:  # noqa: BLE001
-                rows.append(dict(row, error=_error(err)))
-                bar.update(frames)
+            mems[name] = []
+            runs[name] = timed(pipe, frames, mems[name])
+        times = interleaved(runs, repeats)
+        base = next((t for n, t in times.items() if n.startswith("upstream") and isinstance(t, list)), None)
+        for name, t in times.items():
+            if not isinstance(t, list):
+                rows.append(dict(base_row, path=name, error=_error(t)))
                 continue
-            bar.update(frames)
-            base = sec if name.startswith("upstream") else base
-            rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
-                             peak_memory_mb=mem.mb, speedup_vs_upstream=None if base is None else base / sec,
-                             warmup_seconds=warm[id(pipe)]))
+            speed = None if base is None else ratio(base, t)
+            rows.append(dict(base_row, path=name, **_row_numbers(frames, t, flops, matmul_tflops),
+                             peak_memory_mb=max(mems[name]), warmup_seconds=warm[id(paths[name])],
+                             speedup_vs_upstream=None if speed is None else speed["median"], speedup_stats=speed))
+            if speed is not None and speed["wide"]:
+                notes.append(spread_warning(f"{name} vs upstream at {seconds} s", speed))
         progress(dict(rows=rows, options=option_rows, notes=notes))
     bar.close()
 
-    # Compile / CUDA-graph options of the FLEX path, one horizon, ratios against eager.
+    # Compile / CUDA-graph options of the FLEX path, one horizon, ratios against eager (in turns).
     seconds = horizons[1] if len(horizons) > 1 else horizons[0]
     frames = latent_frames(seconds)
-    eager = None
+    runs = {}
     for label, pipe in variants.items():
-        row = dict(option=label, seconds_of_video=seconds, latent_frames=frames)
         if id(pipe) in failed:
-            option_rows.append(dict(row, error=failed[id(pipe)]))
+            option_rows.append(dict(option=label, seconds_of_video=seconds, latent_frames=frames,
+                                    error=failed[id(pipe)]))
             continue
-        try:
-            sec = run_stream(pipe, text_cache, frames, s["latent"], device)
-        except Exception as err:  # noqa: BLE001
-            option_rows.append(dict(row, error=_error(err)))
+        runs[label] = lambda pipe=pipe: run_stream(pipe, text_cache, frames, s["latent"], device)
+    times = interleaved(runs, repeats) if runs else {}
+    eager = times.get("eager") if isinstance(times.get("eager"), list) else None
+    for label, t in times.items():
+        row = dict(option=label, seconds_of_video=seconds, latent_frames=frames)
+        if not isinstance(t, list):
+            option_rows.append(dict(row, error=_error(t)))
             continue
-        eager = sec if label == "eager" else eager
+        speed = None if eager is None else ratio(eager, t)
+        sec = statistics.median(t)
         option_rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec,
-                            warmup_seconds=warm[id(pipe)], speedup_vs_eager=None if eager is None else eager / sec))
+                                warmup_seconds=warm[id(variants[label])],
+                                speedup_vs_eager=None if speed is None else speed["median"], speedup_stats=speed))
     if decode:
         latents = torch.randn(1, 6 if quick else 21, 16, *s["latent"], device=device)
         fps = decode_fps(latents, device, dtype, quick)

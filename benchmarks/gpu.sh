@@ -9,6 +9,12 @@
 #   short   op benchmarks + every end-to-end path at 5 s and 30 s, with the option table
 #   long    FLEX on, eager and fastest, at 5 s and 240 s (flat FPS and flat memory)
 #   all     the four in order (the default)
+#   lease   everything a short GPU loan allows, within FLEX_LEASE_SECONDS (default 540 s, build
+#           included), in this order, each part cut to the time left: build (arch 9.0 only),
+#           the bf16 Triton and CUDA kernels against the reference, the 1.3B 480x832 end-to-end
+#           run at 30 s (upstream-style, FLEX on eager, FLEX on fastest), the op table, and
+#           FLEX on fastest at 240 s. RESULTS_DIR then holds one archive, flex-lease.tar.gz
+#           (every log and results folder), repacked after every part, and lease.log.
 # Logs and results go to RESULTS_DIR; results.json is rewritten after every measured step,
 # so a run cut short keeps what it measured. Failed tests do not stop "all", but make it
 # exit 1 at the end.
@@ -42,6 +48,45 @@ long() {
         --out "$out/e2e-5-240s" 2>&1 | tee "$out/run-5-240s.log" | tail -25
 }
 
+lease() {
+    local final=$out work started=$SECONDS budget=${FLEX_LEASE_SECONDS:-540}
+    work=$(mktemp -d)
+    out=$work  # the parts write here; only the archive and the log go to the results folder
+    export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
+    status=0
+    part() {  # part NAME CAP_SECONDS COMMAND...: run within min(cap, time left), then repack
+        local name=$1 cap=$2 left t rc
+        shift 2
+        left=$((budget - (SECONDS - started)))
+        t=$((cap < left ? cap : left))
+        if ((t < 15)); then
+            echo "$name: skipped, the lease time is used up" | tee -a "$final/lease.log"
+            return 0
+        fi
+        local t0=$SECONDS
+        echo "== $name (at most ${t} s)" | tee -a "$final/lease.log"
+        set +e
+        timeout --signal=INT --kill-after=10 "$t" "$@" > "$work/$name.log" 2>&1
+        rc=$?
+        set -e
+        tail -n 25 "$work/$name.log" >> "$final/lease.log"
+        echo "$name: exit $rc after $((SECONDS - t0)) s" | tee -a "$final/lease.log"
+        ((rc == 0)) || status=1
+        tar -czf "$final/flex-lease.tar.gz.tmp" -C "$work" . && mv "$final/flex-lease.tar.gz.tmp" "$final/flex-lease.tar.gz"
+        return 0
+    }
+    part build 240 bash "$0" build "$work"
+    part kernels 75 python -m pytest -q -x tests/test_op_rope3d.py tests/test_op_norm_rope_cache_write.py \
+        tests/test_op_ring_attention.py -k "cuda or triton or bf16"
+    part e2e-30s 200 python benchmarks/run.py --device cuda --suite e2e --horizons 30 --paths upstream,on,fast \
+        --no-options --repeats 2 --out "$work/e2e-30s"
+    part ops 60 python benchmarks/run.py --device cuda --suite ops --out "$work/ops"
+    part e2e-240s 150 python benchmarks/run.py --device cuda --suite e2e --horizons 240 --paths fast --no-options \
+        --repeats 1 --out "$work/e2e-240s"
+    echo "lease: $((SECONDS - started)) s in all, archive $final/flex-lease.tar.gz" | tee -a "$final/lease.log"
+    exit $status
+}
+
 case "$step" in
     build) build ;;
     test) run_tests ;;
@@ -55,5 +100,6 @@ case "$step" in
         long
         exit $status
         ;;
-    *) echo "step must be build, test, short, long or all, got '$step'" >&2; exit 2 ;;
+    lease) lease ;;
+    *) echo "step must be build, test, short, long, all or lease, got '$step'" >&2; exit 2 ;;
 esac

@@ -37,17 +37,27 @@ def _ok(r: dict) -> bool:
     return "error" not in r
 
 
+def _ratio(r: dict, key: str, stats_key: str) -> str:
+    from benchmarks.interleave import describe
+
+    if r.get(stats_key):
+        return describe(r[stats_key])
+    return "-" if r.get(key) is None else f"{r[key]:.2f}x"
+
+
 def e2e_table(rows: list[dict]) -> list[list[str]]:
-    table = [["horizon", "path", "latent FPS", "video FPS", "decode FPS", "peak mem", "vs upstream"]]
+    table = [["horizon", "path", "latent FPS", "video FPS", "model TFLOP/s", "of roofline", "peak mem",
+              "vs upstream (min-max)"]]
     for r in rows:
         if not _ok(r):
             table.append([f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"],
-                          "failed: " + r["error"], "", "", "", ""])
+                          "failed: " + r["error"], "", "", "", "", ""])
             continue
         table.append([
             f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"], f"{r['latent_fps']:.2f}",
-            f"{r['video_fps']:.2f}", "-" if r.get("decode_video_fps") is None else f"{r['decode_video_fps']:.2f}",
-            f"{r['peak_memory_mb']:.0f} MB", "-" if r.get("speedup_vs_upstream") is None else f"{r['speedup_vs_upstream']:.2f}x",
+            f"{r['video_fps']:.2f}", f"{r['model_tflops']:.3f}" if r.get("model_tflops") else "-",
+            "-" if r.get("roofline_fraction") is None else f"{100 * r['roofline_fraction']:.1f}%",
+            f"{r['peak_memory_mb']:.0f} MB", _ratio(r, "speedup_vs_upstream", "speedup_stats"),
         ])
     return table
 
@@ -60,7 +70,7 @@ def options_table(rows: list[dict]) -> list[list[str]]:
             continue
         table.append([
             r["option"], f"{r['seconds_of_video']} s", f"{r['latent_fps']:.2f}", f"{r['video_fps']:.2f}",
-            f"{r['warmup_seconds']:.1f} s", "-" if r.get("speedup_vs_eager") is None else f"{r['speedup_vs_eager']:.2f}x",
+            f"{r['warmup_seconds']:.1f} s", _ratio(r, "speedup_vs_eager", "speedup_stats"),
         ])
     return table
 
@@ -95,6 +105,9 @@ def console_table(results: dict) -> str:
         parts.append(_text(e2e_table(results["e2e"])))
     if results.get("e2e_options"):
         parts.append(_text(options_table(results["e2e_options"])))
+    warnings = [n for n in results.get("e2e_notes", []) if n.startswith("warning:")]
+    if warnings:
+        parts.append("\n".join(warnings))
     return "\n\n".join(parts)
 
 

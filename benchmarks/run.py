@@ -72,20 +72,26 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=("ops", "e2e", "all"), default="all", help="what to measure (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
+    p.add_argument("--full", action="store_true",
+                   help="the long horizons (up to 240 s) and the table of compile / CUDA-graph options; "
+                        "the default keeps a CPU run within minutes")
     p.add_argument("--world", type=int, default=0, metavar="N",
                    help="also measure sequence parallel over N processes against one (benchmarks/distributed_suite.py)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if present)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                    help="default: bf16 on a GPU and on a CPU with native bf16 (AMX / AVX512-BF16), else fp32")
     p.add_argument("--horizons", type=_horizons, default=None, metavar="S,S,...",
-                   help="end-to-end horizons in seconds of video (default: 5,30,60,240)")
+                   help="end-to-end horizons in seconds of video (default: 5,30,60; with --full or on a GPU "
+                        "5,30,60,240)")
     p.add_argument("--paths", type=_paths, default=None, metavar="P,P,...",
                    help="end-to-end paths among upstream,off,on,fast (default: all four)")
     p.add_argument("--no-options", action="store_true",
                    help="skip the table of compile / CUDA-graph options against eager")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="results folder")
     p.add_argument("--compare", default=None, metavar="RESULTS.json", help="print ratios against a previous run")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median is reported)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per measurement; end to end: rounds of the paths in turns (default 3, "
+                        "--quick 2); the median is reported with the min-max of every ratio")
     return p.parse_args(argv)
 
 
@@ -130,7 +136,11 @@ def main(argv=None) -> dict:
         args.dtype or default_dtype(device)]
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         print("note: TRITON_INTERPRET=1 runs Triton kernels through the CPU interpreter: a correctness path, not a speed")
+    if args.repeats is not None and args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     repeats = args.repeats or (3 if args.quick else 10)
+    rounds = args.repeats or (2 if args.quick else 3)
+    full = args.full or device.type == "cuda"
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,9 +148,9 @@ def main(argv=None) -> dict:
     results = dict(schema=SCHEMA_VERSION, machine=machine_info(device), dtype=str(dtype).replace("torch.", ""),
                    quick=args.quick, command=reproduce_command(argv if argv is not None else sys.argv[1:]),
                    roofline={}, ops=[], e2e=[], e2e_options=[], e2e_notes=[])
-    steps = []
+    steps = ["roofline"]  # every suite puts its rates next to the roofline of this run
     if args.suite in ("ops", "all"):
-        steps += ["roofline", "rope", "attention"]
+        steps += ["rope", "attention"]
     if args.suite in ("e2e", "all"):
         steps += ["e2e"]
     with tqdm(steps, desc="benchmarks", unit="suite") as bar:
@@ -162,9 +172,11 @@ def main(argv=None) -> dict:
                     results.update(e2e=e2e["rows"], e2e_options=e2e["options"], e2e_notes=e2e["notes"])
                     report.write_all(results, out)
 
-                save_e2e(e2e_suite.run(device, dtype, args.quick, repeats, horizons=args.horizons,
-                                       paths=args.paths or e2e_suite.PATH_KEYS, options=not args.no_options,
-                                       on_progress=save_e2e))
+                horizons = args.horizons or (None if full or args.quick else e2e_suite.DEFAULT_HORIZONS)
+                save_e2e(e2e_suite.run(device, dtype, args.quick, rounds, horizons=horizons,
+                                       paths=args.paths or e2e_suite.PATH_KEYS,
+                                       options=not args.no_options and (full or args.quick), on_progress=save_e2e,
+                                       matmul_tflops=results["roofline"]["matmul_tflops"]))
             # Written after every step, so a run cut short keeps what it measured.
             report.write_all(results, out)
 

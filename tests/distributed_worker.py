@@ -2,14 +2,15 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py sequence OUT.pt
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py \\
-        generate SETTINGS.json [KILL_RANK KILL_AT_VIDEO]
+        generate SETTINGS.json [KILL_RANK KILL_AT_VIDEO [SEQUENCE_PARALLEL]]
 
 ``sequence OUT.pt``: every case of :data:`SEQUENCE_CASES` sequence parallel over the world;
 rank 0 saves {case: latents} (plus the heads its ring caches hold) to OUT.pt.
 
 ``generate``: prompt-parallel flex.distributed.cli.run_generate of the GenerationSettings in a
 JSON file; with KILL_RANK, that rank kills itself (SIGKILL) while writing the first frames of
-its KILL_AT_VIDEO-th video (0-based), as a crashed GPU process would die.
+its KILL_AT_VIDEO-th video (0-based), as a crashed GPU process would die ("-": nobody dies);
+SEQUENCE_PARALLEL is ``--sequence-parallel``.
 """
 from __future__ import annotations
 
@@ -112,14 +113,17 @@ def kill_at(rank_to_kill: int, video: int) -> None:
     video_module.VideoWriter.__init__, video_module.VideoWriter.append = init, append
 
 
-def generate(settings_path, kill_rank=None, kill_video=None) -> int:
+def generate(settings_path, kill_rank="-", kill_video="-", sequence_parallel="1") -> int:
+    import argparse
+
     from flex.distributed.cli import run_generate
 
     torch.set_num_threads(1)
-    if kill_rank is not None:
+    if kill_rank != "-":
         kill_at(int(kill_rank), int(kill_video))
+    args = argparse.Namespace(sequence_parallel=int(sequence_parallel))
     try:
-        run_generate(settings_from_json(settings_path), progress_interval_s=0.5)
+        run_generate(settings_from_json(settings_path), args, progress_interval_s=0.5)
     except RuntimeError as err:
         print(f"rank failed: {err}", file=sys.stderr, flush=True)
         return 3

@@ -574,6 +574,8 @@ def generate_videos(
     on_video: Callable[[VideoResult], None] | None = None,
     progress: bool = True,
     indices: Sequence[int] | None = None,
+    parallel=None,
+    write: bool = True,
 ) -> list[VideoResult]:
     """Run the job: one mp4 per prompt of ``settings`` (see the module docstring). Returns the results.
 
@@ -582,6 +584,10 @@ def generate_videos(
     progress  a tqdm bar per video on stderr
     indices   only these prompts (positions in ``settings.prompts``; seeds and file names stay
               those of the whole list), e.g. one share of the prompts per process; default all
+    parallel  a :class:`flex.distributed.ParallelPlan`: every rank of its group runs this call
+              with the same ``indices`` and makes the same videos together (sequence parallel)
+    write     False on the group's other ranks: they take part in every stream but decode and
+              write nothing, and make exactly ``indices`` (the writing rank decided what is left)
 
     Errors of the models or files raise (CheckpointError, OSError, ...); KeyboardInterrupt and
     :class:`Terminated` leave no partial video (the previous file of that name, if any, stays).
@@ -603,10 +609,13 @@ def generate_videos(
     wanted = list(range(n)) if indices is None else list(dict.fromkeys(indices))
     if any(not _is_int(i) or not 0 <= i < n for i in wanted):
         raise SettingsError("indices", f"indices must be positions in the {n} prompts, got {indices!r}")
-    for i in wanted:
-        for part in remove_stale_parts(settings.outputs[i]):
-            log(f"removed {part.name}, left by an earlier run that was killed")
-    todo = [i for i in wanted if settings.overwrite or not settings.is_done(i)]
+    if not isinstance(write, bool):
+        raise SettingsError("write", f"write must be a bool, got {write!r}")
+    if write:
+        for i in wanted:
+            for part in remove_stale_parts(settings.outputs[i]):
+                log(f"removed {part.name}, left by an earlier run that was killed")
+    todo = [i for i in wanted if not write or settings.overwrite or not settings.is_done(i)]
     n_chunks = frames // cfg.chunk_frames
     todo_set = set(todo)
     for i in wanted:
@@ -622,6 +631,7 @@ def generate_videos(
 
     import torch
 
+    from .decode_worker import DecodeWorker
     from .loading import load_dit
     from .noise import UpstreamNoise
     from .pipeline import Pipeline
@@ -674,9 +684,9 @@ def generate_videos(
 
     # 3. DiT and VAE on the device.
     model = model.to(device=device, dtype=dtype)
-    vae = WanVAEDecoder.from_pretrained(settings.wan_dir, device, dtype)
+    vae = WanVAEDecoder.from_pretrained(settings.wan_dir, device, dtype) if write else None
     pipe = Pipeline(model, cfg, **preset.pipeline_kwargs(), backend=settings.backend,
-                    compile=settings.compile, cuda_graphs=settings.cuda_graphs)
+                    compile=settings.compile, cuda_graphs=settings.cuda_graphs, parallel=parallel)
 
     from tqdm.auto import tqdm
 
@@ -691,12 +701,17 @@ def generate_videos(
         start = time.perf_counter()
         bar = tqdm(total=n_chunks, unit="chunk", desc=f"[{k + 1}/{len(todo)}] {out.name}",
                    disable=not progress, file=sys.stderr)
+        chunks = pipe.stream(num_frames=frames, latent_size=(h, w), **schedule, **noise)
         try:
-            with VideoWriter(out, fps=FPS, crf=settings.crf, comment=settings.video_comment(i)) as writer:
-                stream = vae.stream()
-                for latents in pipe.stream(num_frames=frames, latent_size=(h, w), **schedule, **noise):
-                    with torch.no_grad():
-                        writer.append(stream.decode(latents)[0])
+            if not write:  # a sequence-parallel rank that only helps: the writing rank decodes
+                for _ in chunks:
+                    bar.update(1)
+                continue
+            # The VAE decodes chunk k in a worker thread while the DiT makes chunk k + 1.
+            with VideoWriter(out, fps=FPS, crf=settings.crf, comment=settings.video_comment(i)) as writer, \
+                    DecodeWorker(vae.stream().decode, writer.append) as decoder:
+                for latents in chunks:
+                    decoder.submit(latents)
                     elapsed = time.perf_counter() - start
                     bar.set_postfix(frames=writer.frames_written, fps=f"{writer.frames_written / elapsed:.2f}")
                     bar.update(1)

@@ -1,6 +1,8 @@
-"""What ``flex generate`` runs under ``torchrun``: prompt-parallel generation over the ranks.
+"""What ``flex generate`` runs under ``torchrun``: prompt-parallel generation over the ranks,
+optionally in sequence-parallel groups that make one video together.
 
     torchrun --standalone --nproc-per-node 8 -m flex generate --prompts prompts.txt --out videos/ ...
+    torchrun --standalone --nproc-per-node 8 -m flex generate --sequence-parallel 4 --prompts ...  # 2 groups of 4
 
 Every rank takes an equal share of the unfinished videos (see :mod:`flex.distributed.work`)
 on its own device, records each finished video in ``<out>/manifest.jsonl`` and meets the
@@ -18,7 +20,8 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from .launch import Launch, close_process_group, init_process_group, rank_device
+from .launch import Launch, close_process_group, init_process_group, rank_device, sequence_groups
+from .sequence import ParallelPlan
 from .work import MANIFEST_NAME, Manifest, Progress, generation_items, pending_items, share, stderr_log
 
 
@@ -26,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> Non
     """The options of the many-process mode, for the ``generate`` parser (``defaults=False``:
     argparse.SUPPRESS, as flex.cli parses a second time to see which flags were typed)."""
     parser.add_argument("--sequence-parallel", type=int, default=1 if defaults else argparse.SUPPRESS, metavar="N",
-                        help="ranks that generate one video together (Ulysses attention over heads; N must "
-                             "divide the head count); the world is split into groups of N")
+                        help="under torchrun: ranks that generate one video together (Ulysses attention over "
+                             "heads; N must divide the head count and the processes); the world is split into "
+                             "groups of N that share the videos; the first rank of a group writes them")
 
 
 def world_size() -> int:
@@ -45,19 +49,22 @@ def manifest_path(settings) -> Path:
     return (out.parent if out.suffix.lower() == ".mp4" else out) / MANIFEST_NAME
 
 
-def check_sequence_parallel(size, launch: Launch) -> int:
+def check_sequence_parallel(size, launch: Launch, settings=None) -> int:
+    """The ``--sequence-parallel`` rules of the generation job; returns the group size."""
     from ..generation import SettingsError
 
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise SettingsError("sequence_parallel", f"sequence_parallel must be an int >= 1, got {size!r}")
     if launch.world_size % size:
         raise SettingsError("sequence_parallel", f"sequence_parallel ({size}) must divide the number of "
-                                                 f"processes (WORLD_SIZE = {launch.world_size})")
-    if size > 1:
-        # The generation job builds its own Pipeline; its sequence-parallel form is Python-only so far.
-        raise SettingsError("sequence_parallel", "sequence_parallel > 1 is not available in the generation job "
-                                                 "yet: use Pipeline(model, parallel=ParallelPlan.from_group()) "
-                                                 "from Python")
+                                                 f"processes (WORLD_SIZE = {launch.world_size}); start it "
+                                                 f"with torchrun --nproc-per-node N")
+    if size > 1 and settings is not None:
+        try:
+            from .sequence import check_step_options
+            check_step_options(settings.compile, settings.cuda_graphs)
+        except ValueError as err:
+            raise SettingsError("sequence_parallel", str(err)) from None
     return size
 
 
@@ -72,7 +79,7 @@ def run_generate(settings, args=None, *, log: Callable[[str], None] | None = Non
 
     log = log or stderr_log
     launch = Launch.from_env()
-    check_sequence_parallel(getattr(args, "sequence_parallel", 1), launch)
+    size = check_sequence_parallel(getattr(args, "sequence_parallel", 1), launch, settings)
     device = rank_device(launch, settings.device)
     if str(device) != settings.device:
         settings = dataclasses.replace(settings, device=str(device))  # same hash: only the type counts
@@ -83,6 +90,13 @@ def run_generate(settings, args=None, *, log: Callable[[str], None] | None = Non
         log(prefix + msg)
 
     try:
+        # Groups of `size` ranks make one video together; the groups split the videos.
+        parallel, writer = None, True
+        group_index, n_groups = launch.rank, launch.world_size
+        if size > 1:
+            group, group_index, n_groups = sequence_groups(launch, size)
+            parallel = ParallelPlan.from_group(group)
+            writer = parallel.rank == 0  # the group's first rank decodes, writes and records
         items = generation_items(settings)
         manifest = Manifest(manifest_path(settings))
         # Meeting 1: rank 0 decides what is left, so every rank splits the same list.
@@ -94,10 +108,11 @@ def run_generate(settings, args=None, *, log: Callable[[str], None] | None = Non
             box = [todo]
             dist.broadcast_object_list(box, src=0)
             todo = box[0]
-        mine = share([items[i] for i in todo], launch.rank, launch.world_size)
+        mine = share([items[i] for i in todo], group_index, n_groups)
         if launch.is_main:
+            how = f"{n_groups} group(s) of {size} rank(s)" if size > 1 else f"{launch.world_size} rank(s)"
             rank_log(f"{len(items) - len(todo)} of {len(items)} videos finished before; {len(todo)} left, "
-                     f"split over {launch.world_size} rank(s) (this one takes {len(mine)}), manifest {manifest.path}")
+                     f"split over {how} (this one takes {len(mine)}), manifest {manifest.path}")
         by_index = {item.index: item for item in mine}
 
         def record(result) -> None:
@@ -109,13 +124,13 @@ def run_generate(settings, args=None, *, log: Callable[[str], None] | None = Non
 
         results = []
         if mine:
-            if launch.is_main and launch.world_size > 1:
+            run = dict(log=rank_log if writer else (lambda msg: None), on_video=record if writer else None,
+                       indices=[item.index for item in mine], parallel=parallel, write=writer)
+            if launch.is_main and n_groups > 1:
                 with Progress(manifest, items, len(items) - len(todo), rank_log, progress_interval_s):
-                    results = generate_videos(settings, log=rank_log, on_video=record, progress=False,
-                                              indices=[item.index for item in mine])
+                    results = generate_videos(settings, progress=False, **run)
             else:
-                results = generate_videos(settings, log=rank_log, on_video=record,
-                                          progress=launch.world_size == 1, indices=[item.index for item in mine])
+                results = generate_videos(settings, progress=launch.is_main and n_groups == 1, **run)
         # Meeting 2: the end. A rank that died makes it fail (gloo: its connection closed).
         if joined:
             try:

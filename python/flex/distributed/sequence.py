@@ -120,15 +120,24 @@ class ParallelPlan:
         return recv.reshape(b, t // n, n * hl, d)
 
 
+def check_step_options(compile=False, cuda_graphs=False) -> None:
+    """Sequence parallel runs the eager pass: its collectives are not traced by the fixed-buffer
+    pass of compile / cuda_graphs yet."""
+    if compile or cuda_graphs:
+        raise ValueError("sequence parallel does not run under compile / cuda_graphs yet "
+                         "(use compile off, no CUDA graphs)")
+
+
 def check_parallel(parallel, model, compile=False, cuda_graphs=False) -> None:
     """Pipeline(parallel=...) rules: a ParallelPlan whose size divides the model's heads, and no
-    fixed-buffer pass (its traced pass has no collectives yet)."""
+    fixed-buffer pass (:func:`check_step_options`)."""
     if not isinstance(parallel, ParallelPlan):
         raise ValueError(f"parallel must be a flex.distributed.ParallelPlan or None, got {type(parallel).__name__}")
     parallel.check(model.num_heads)
-    if compile or cuda_graphs:
-        raise ValueError("parallel: sequence parallel does not run under compile / cuda_graphs yet "
-                         "(pass compile=False, cuda_graphs=False)")
+    try:
+        check_step_options(compile, cuda_graphs)
+    except ValueError as err:
+        raise ValueError(f"parallel: {err}") from None
 
 
-__all__ = ["ParallelPlan", "check_parallel", "qk_norm"]
+__all__ = ["ParallelPlan", "check_parallel", "check_step_options", "qk_norm"]
