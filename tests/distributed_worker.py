@@ -25,35 +25,39 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-# case -> (rollout_cases.CONFIGS name, backend, dtype name, prompt switch at this frame or None);
-# every case wraps the ring; dynamic_S and window_positions rotate keys on load.
+# case -> (rollout_cases.CONFIGS name, backend, dtype name, prompt switch at this frame or None,
+# torch.compile the pass); every case wraps the ring; dynamic_S and window_positions rotate keys
+# on load. The compiled case is compared with one eager process.
 SEQUENCE_CASES = {
-    "off-float64": ("off", "reference", "float64", None),
-    "off-float32": ("off", "auto", "float32", None),
-    "flex-float64": ("flex_sink_window", "reference", "float64", None),
-    "flex-float32-cpp": ("flex_sink_window", "cpp", "float32", None),
-    "dynamic_S-float64": ("dynamic_S", "reference", "float64", None),
-    "dynamic_S-float32": ("dynamic_S", "auto", "float32", None),
-    "window_positions-float32": ("window_positions", "auto", "float32", None),
-    "switch-recache-float64": ("flex_sink_window", "reference", "float64", 12),
+    "off-float64": ("off", "reference", "float64", None, False),
+    "off-float32": ("off", "auto", "float32", None, False),
+    "flex-float64": ("flex_sink_window", "reference", "float64", None, False),
+    "flex-float32-cpp": ("flex_sink_window", "cpp", "float32", None, False),
+    "dynamic_S-float64": ("dynamic_S", "reference", "float64", None, False),
+    "dynamic_S-float32": ("dynamic_S", "auto", "float32", None, False),
+    "window_positions-float32": ("window_positions", "auto", "float32", None, False),
+    "switch-recache-float64": ("flex_sink_window", "reference", "float64", 12, False),
+    "flex-float32-cpp-compiled": ("flex_sink_window", "cpp", "float32", 12, True),
 }
 
 
-def sequence_case(case: str, parallel=None):
-    """(latents, heads held by the ring cache) of one case, sequence parallel with ``parallel``."""
+def sequence_case(case: str, parallel=None, compiled: bool | None = None):
+    """(latents, heads held by the ring cache) of one case, sequence parallel with ``parallel``
+    (``compiled``: override the case's compile switch)."""
     from rollout_cases import CONFIGS, DTYPES, HW
 
     from flex import FlexConfig
     from flex.models.wan import CausalWanModel
     from flex.pipeline import Pipeline
 
-    name, backend, dtype_name, switch = SEQUENCE_CASES[case]
+    name, backend, dtype_name, switch, compile_pass = SEQUENCE_CASES[case]
+    compile_pass = compile_pass if compiled is None else compiled
     kwargs, frames = CONFIGS[name]
     dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
     model = CausalWanModel("tiny").to(dtype)
     texts = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-    pipe = Pipeline(model, FlexConfig(**kwargs), backend=backend, parallel=parallel)
+    pipe = Pipeline(model, FlexConfig(**kwargs), backend=backend, parallel=parallel, compile=compile_pass)
     prompts = None if switch is None else [(0, texts[:1]), (switch, texts[1:])]
     out = pipe.generate(texts[:1] if prompts is None else None, frames, HW,
                         generator=torch.Generator().manual_seed(2), prompts=prompts)

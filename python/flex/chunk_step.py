@@ -100,12 +100,15 @@ class ChunkStep:
         *,
         compile: bool | str | Callable = False,
         cuda_graphs: bool = False,
+        parallel=None,
     ):
         compile_kwargs = check_step_options(model.device, config, compile, cuda_graphs)
         self.model, self.config = model, config
         self.batch, self.grid_h, self.grid_w = batch, grid_h, grid_w
+        self.parallel = parallel  # sequence parallel (flex.distributed.ParallelPlan): this rank's heads
         dev = model.device
-        self.cache = model.new_cache(batch, grid_h, grid_w, config.sink_frames, config.window_frames)
+        self.cache = model.new_cache(batch, grid_h, grid_w, config.sink_frames, config.window_frames,
+                                     parallel=parallel)
         self.n_frames = config.chunk_frames
         self.first_frame = torch.zeros((), dtype=torch.int64, device=dev)
         self.position_shift = torch.zeros((), dtype=torch.int64, device=dev)
@@ -206,7 +209,7 @@ class ChunkStep:
 
     def _pass(self, x: torch.Tensor, t: torch.Tensor, resident_tokens: int, scale: float) -> torch.Tensor:
         return self.model.chunk_pass(x, t, self.text, self.cache, self.positions(scale), resident_tokens,
-                                     self.kernels)
+                                     self.kernels, self.parallel)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.text is None:

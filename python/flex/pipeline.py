@@ -145,7 +145,7 @@ class Pipeline:
         """The fixed-buffer pass for this shape (kept across streams: compiled code and graphs too)."""
         if self.step is None or not self.step.matches(batch, grid_h, grid_w):
             self.step = ChunkStep(self.model, batch, grid_h, grid_w, self.config, self.backend,
-                                  compile=self.compile, cuda_graphs=self.cuda_graphs)
+                                  compile=self.compile, cuda_graphs=self.cuda_graphs, parallel=self.parallel)
         return self.step
 
     # ------------------------------------------------------------ validation

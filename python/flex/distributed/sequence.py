@@ -16,6 +16,9 @@ per-frame modulation of the blocks applies to a shard unchanged. N must divide t
 the tokens per frame. The cross-attention text K/V stay whole on every rank (they are small:
 L = 512 text tokens against T = 4,680 chunk tokens at 480x832, and sharding them would need a
 third exchange per layer).
+
+The exchanges are torch's functional collectives, which run eagerly and are traced by
+torch.compile, so a compiled pass (``compile=True`` / ``"frozen"``) keeps them inside its graph.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 
 
 def qk_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -76,12 +80,16 @@ class ParallelPlan:
         b, t, c = hs.shape
         return hs.view(b, n_frames, self.size, t // (n_frames * self.size), c)[:, :, self.rank].reshape(b, -1, c)
 
+    @property
+    def process_group(self):
+        return self.group if self.group is not None else dist.group.WORLD
+
     def gather_tokens(self, shard: torch.Tensor, n_frames: int) -> torch.Tensor:
         """The whole chunk [B, F * tpf, C] from every rank's shard [B, F * tpf/N, C]."""
-        pieces = [torch.empty_like(shard) for _ in range(self.size)]
-        dist.all_gather(pieces, shard.contiguous(), group=self.group)
         b, t, c = shard.shape
-        return torch.stack([p.view(b, n_frames, t // n_frames, c) for p in pieces], dim=2).reshape(b, -1, c)
+        pieces = funcol.all_gather_tensor(shard.contiguous(), 0, self.process_group)  # [N * B, T/N, C]
+        pieces = pieces.view(self.size, b, n_frames, t // n_frames, c)
+        return pieces.permute(1, 2, 0, 3, 4).reshape(b, -1, c)
 
     # ------------------------------------------------------------ the two exchanges of attention
 
@@ -101,8 +109,7 @@ class ParallelPlan:
         n = self.size
         # Send head group r to rank r: [N, ..., B, F, tpf/N, H/N, D], contiguous per destination.
         send = x.reshape(*lead, b, n_frames, t // n_frames, n, h // n, d).movedim(-3, 0).contiguous()
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)
+        recv = funcol.all_to_all_single(send, None, None, self.process_group)
         # recv[s] holds rank s's token shard: put the shards back inside their frames.
         recv = recv.movedim(0, -4)  # [..., B, F, N, tpf/N, H/N, D]
         return recv.reshape(*lead, b, t * n, h // n, d)
@@ -113,24 +120,22 @@ class ParallelPlan:
         n = self.size
         # Send token shard r (the same slice of every frame) to rank r.
         send = x.reshape(b, n_frames, n, t // (n_frames * n), hl, d).movedim(2, 0).contiguous()
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=self.group)
+        recv = funcol.all_to_all_single(send, None, None, self.process_group)
         # recv[s] holds head group s of this rank's tokens: heads in rank order.
         recv = recv.movedim(0, -3)  # [B, F, tpf/N, N, H/N, D]
         return recv.reshape(b, t // n, n * hl, d)
 
 
 def check_step_options(compile=False, cuda_graphs=False) -> None:
-    """Sequence parallel runs the eager pass: its collectives are not traced by the fixed-buffer
-    pass of compile / cuda_graphs yet."""
-    if compile or cuda_graphs:
-        raise ValueError("sequence parallel does not run under compile / cuda_graphs yet "
-                         "(use compile off, no CUDA graphs)")
+    """Sequence parallel runs eagerly or compiled; a CUDA graph would capture its collectives,
+    which is not supported yet."""
+    if cuda_graphs:
+        raise ValueError("sequence parallel does not run under cuda_graphs yet (compile works)")
 
 
 def check_parallel(parallel, model, compile=False, cuda_graphs=False) -> None:
     """Pipeline(parallel=...) rules: a ParallelPlan whose size divides the model's heads, and no
-    fixed-buffer pass (:func:`check_step_options`)."""
+    CUDA graphs (:func:`check_step_options`)."""
     if not isinstance(parallel, ParallelPlan):
         raise ValueError(f"parallel must be a flex.distributed.ParallelPlan or None, got {type(parallel).__name__}")
     parallel.check(model.num_heads)
