@@ -34,6 +34,12 @@ cross-attention cache is filled.
 
 Remaining differences from upstream (what; why; which way it biases the FLEX speed-up):
 
+* Which upstream: Self Forcing's released code, whose self-attention has the sink
+  (``sink_size``). LongLive v1.0 (the sink 3 + window 9 recipe) does more per layer and pass:
+  it clones the whole k and v cache, concatenates the sink and the window before attention and
+  reads one more index back. Against LongLive the twin is the lighter baseline: the speed-up
+  over LongLive itself would be larger than the one reported.
+
 * Attention kernels: upstream calls flash-attn's varlen kernel (FA3 on Hopper, FA2 otherwise;
   its cross-attention requires flash-attn); the twin uses the SDPA fallback of upstream's
   ``attention()`` for self- and cross-attention (flash-attn is not installable here). FA3 can
@@ -80,11 +86,13 @@ def rope_params(max_seq_len: int, dim: int, theta: float = 10000.0) -> torch.Ten
     return torch.polar(torch.ones_like(angles), angles)
 
 
-def rope_table(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
-    """The model's ``freqs``: the temporal, height and width tables side by side, on the CPU."""
+def rope_table(head_dim: int, device=None, theta: float = 10000.0) -> torch.Tensor:
+    """The model's ``freqs``: the temporal, height and width tables side by side (built on the
+    CPU, moved to ``device`` once)."""
     d = head_dim
-    return torch.cat([rope_params(MAX_POSITIONS, d - 4 * (d // 6), theta), rope_params(MAX_POSITIONS, 2 * (d // 6), theta),
-                      rope_params(MAX_POSITIONS, 2 * (d // 6), theta)], dim=1)
+    table = torch.cat([rope_params(MAX_POSITIONS, d - 4 * (d // 6), theta), rope_params(MAX_POSITIONS, 2 * (d // 6), theta),
+                       rope_params(MAX_POSITIONS, 2 * (d // 6), theta)], dim=1)
+    return table.to(device)
 
 
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -100,10 +108,10 @@ def layer_norm(norm, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps).type_as(x)
 
 
-def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """WanRMSNorm: normalised in fp32, cast back, times the weight."""
     xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + norm.eps)).type_as(x) * norm.weight
+    return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)).type_as(x) * weight
 
 
 def causal_rope_apply(x: torch.Tensor, grid_sizes: torch.Tensor, freqs: torch.Tensor, start_frame: int) -> torch.Tensor:
@@ -124,6 +132,16 @@ def causal_rope_apply(x: torch.Tensor, grid_sizes: torch.Tensor, freqs: torch.Te
     return torch.stack(output).type_as(x)
 
 
+def grid_sizes_of(batch: int, n_frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Upstream's per-sample (F, H, W) token grid: a CPU int64 tensor [B, 3]."""
+    return torch.tensor([[n_frames, grid_h, grid_w]] * batch, dtype=torch.long)
+
+
+def rope_apply(x, table, n_frames: int, grid_h: int, grid_w: int, start_frame: int) -> torch.Tensor:
+    """:func:`causal_rope_apply` of x [B, T, H, D] on a plain token grid (for the op benchmark)."""
+    return causal_rope_apply(x, grid_sizes_of(x.shape[0], n_frames, grid_h, grid_w), table, start_frame)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Upstream ``attention()`` without flash-attn: [B, L, H, D] in, transposed SDPA, contiguous out.
 
@@ -142,30 +160,84 @@ class UpstreamText:
         self.batch = context.shape[0]
 
 
-class UpstreamCaches:
-    """Upstream's per-layer caches, plus what the FLEX Pipeline reads from a cache.
+class ShiftingCache:
+    """One layer's KV cache as upstream keeps it: k, v [B, (sink + window) * tpf, H, D] and the
+    device index tensors ``global_end_index`` / ``local_end_index`` ([1] int64)."""
 
-    ``kv_cache[i]``: {"k", "v": [B, (sink + window) * tpf, H, D], "global_end_index",
-    "local_end_index": [1] int64 on the device}; ``crossattn_cache[i]``: {"k", "v", "is_init"}.
+    def __init__(self, batch, heads, head_dim, tokens_per_frame, sink_frames, window_frames, dtype, device):
+        self.tokens_per_frame = tokens_per_frame
+        self.sink_tokens = sink_frames * tokens_per_frame
+        size = (sink_frames + window_frames) * tokens_per_frame
+        self.max_attention_size = size  # upstream: local_attn_size * 1560, the cache size at 480x832
+        self.k = torch.zeros(batch, size, heads, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros(batch, size, heads, head_dim, dtype=dtype, device=device)
+        self.global_end_index = torch.tensor([0], dtype=torch.long, device=device)
+        self.local_end_index = torch.tensor([0], dtype=torch.long, device=device)
+
+    def write(self, roped_key, v, first_frame: int) -> int:
+        """Upstream's cache update for a chunk starting at ``first_frame``; returns local_end_index.
+
+        A new chunk that does not fit shifts the window (after the sink) left with a cloned copy;
+        another pass of the same chunk rewrites its tokens. Every ``.item()`` is a host sync
+        upstream makes, in upstream's order. (Upstream fills the two indices after attention;
+        the work is the same.)"""
+        current_start = first_frame * self.tokens_per_frame
+        num_new_tokens = roped_key.shape[1]
+        current_end = current_start + num_new_tokens
+        sink_tokens, kv_cache_size = self.sink_tokens, self.k.shape[1]
+        if (current_end > self.global_end_index.item()) and (
+                num_new_tokens + self.local_end_index.item() > kv_cache_size):
+            num_evicted_tokens = num_new_tokens + self.local_end_index.item() - kv_cache_size
+            num_rolled_tokens = self.local_end_index.item() - num_evicted_tokens - sink_tokens
+            src = slice(sink_tokens + num_evicted_tokens, sink_tokens + num_evicted_tokens + num_rolled_tokens)
+            self.k[:, sink_tokens:sink_tokens + num_rolled_tokens] = self.k[:, src].clone()
+            self.v[:, sink_tokens:sink_tokens + num_rolled_tokens] = self.v[:, src].clone()
+            local_end_index = self.local_end_index.item() + current_end - self.global_end_index.item() \
+                - num_evicted_tokens
+        else:
+            local_end_index = self.local_end_index.item() + current_end - self.global_end_index.item()
+        local_start_index = local_end_index - num_new_tokens
+        self.k[:, local_start_index:local_end_index] = roped_key
+        self.v[:, local_start_index:local_end_index] = v
+        self.global_end_index.fill_(current_end)
+        self.local_end_index.fill_(local_end_index)
+        return local_end_index
+
+    def attend(self, roped_query, local_end_index: int) -> torch.Tensor:
+        """Attention over the contiguous filled part of the cache that ends at local_end_index."""
+        start = max(0, local_end_index - self.max_attention_size)
+        return attention(roped_query, self.k[:, start:local_end_index], self.v[:, start:local_end_index])
+
+
+def self_attention_inputs(q, k, v, wq, wk, table, cache: ShiftingCache, n_frames, grid_h, grid_w, start_frame,
+                          eps=1e-6):
+    """qk RMSNorm, RoPE and the cache update of a chunk's raw projections [B, T, H, D], the
+    upstream way; returns (rotated q, local_end_index). Also the op benchmark's baseline."""
+    b, t, h, d = q.shape
+    qn = rms_norm(q.reshape(b, t, h * d), wq, eps).view(b, t, h, d)
+    kn = rms_norm(k.reshape(b, t, h * d), wk, eps).view(b, t, h, d)
+    grid_sizes = grid_sizes_of(b, n_frames, grid_h, grid_w)
+    roped_query = causal_rope_apply(qn, grid_sizes, table, start_frame).type_as(v)
+    roped_key = causal_rope_apply(kn, grid_sizes, table, start_frame).type_as(v)
+    return roped_query, cache.write(roped_key, v, start_frame)
+
+
+class UpstreamCaches:
+    """Upstream's caches of a stream, plus what the FLEX Pipeline reads from a cache.
+
+    ``kv_cache[i]``: a :class:`ShiftingCache`; ``crossattn_cache[i]``: {"k", "v", "is_init"}.
     """
 
     def __init__(self, model: UpstreamStyleWan, batch, grid_h, grid_w, sink_frames, window_frames):
         cfg, dev, dt = model.config, model.device, model.param_dtype
         self.grid_h, self.grid_w, self.device, self.batch = grid_h, grid_w, dev, batch
         self.frame_seqlen = grid_h * grid_w
-        self.sink_size = sink_frames
-        self.local_attn_size = sink_frames + window_frames
-        size = self.local_attn_size * self.frame_seqlen
-        self.max_attention_size = size
-        heads = (batch, size, model.num_heads, model.head_dim)
-        self.kv_cache = [{"k": torch.zeros(heads, dtype=dt, device=dev), "v": torch.zeros(heads, dtype=dt, device=dev),
-                          "global_end_index": torch.tensor([0], dtype=torch.long, device=dev),
-                          "local_end_index": torch.tensor([0], dtype=torch.long, device=dev)}
-                         for _ in range(model.num_layers)]
+        self.kv_cache = [ShiftingCache(batch, model.num_heads, model.head_dim, self.frame_seqlen, sink_frames,
+                                       window_frames, dt, dev) for _ in range(model.num_layers)]
         text = (batch, cfg.text_len, model.num_heads, model.head_dim)
         self.crossattn_cache = [{"k": torch.zeros(text, dtype=dt, device=dev), "v": torch.zeros(text, dtype=dt, device=dev),
                                  "is_init": False} for _ in range(model.num_layers)]
-        self.freqs = rope_table(model.head_dim, cfg.rope_base).to(dev)  # upstream: built at init, moved once
+        self.freqs = rope_table(model.head_dim, dev, cfg.rope_base)  # upstream: built at init, moved once
         self._standin = None  # zero prompt of upstream's shape, for a TextCache prompt (see module docstring)
         # The Pipeline places each chunk on a slot table before calling the model; the twin
         # keeps upstream's caches and ignores those positions.
@@ -180,41 +252,18 @@ class UpstreamCaches:
 
 # ------------------------------------------------------------------ one pass, upstream's way
 
-def self_attention(attn, x, grid_sizes, freqs, kv_cache, current_start, caches: UpstreamCaches):
-    """CausalWanSelfAttention.forward with a KV cache (shift-evicting window after the sink)."""
+def self_attention(attn, x, grid_sizes, freqs, kv_cache: ShiftingCache, current_start):
+    """CausalWanSelfAttention.forward with a KV cache."""
     b, s, n, d = *x.shape[:2], attn.num_heads, attn.head_dim
-    q = rms_norm(attn.norm_q, attn.q(x)).view(b, s, n, d)
-    k = rms_norm(attn.norm_k, attn.k(x)).view(b, s, n, d)
+    q = rms_norm(attn.q(x), attn.norm_q.weight, attn.norm_q.eps).view(b, s, n, d)
+    k = rms_norm(attn.k(x), attn.norm_k.weight, attn.norm_k.eps).view(b, s, n, d)
     v = attn.v(x).view(b, s, n, d)
     frame_seqlen = math.prod(grid_sizes[0][1:]).item()
     current_start_frame = current_start // frame_seqlen
     roped_query = causal_rope_apply(q, grid_sizes, freqs, start_frame=current_start_frame).type_as(v)
     roped_key = causal_rope_apply(k, grid_sizes, freqs, start_frame=current_start_frame).type_as(v)
-
-    current_end = current_start + roped_query.shape[1]
-    sink_tokens = caches.sink_size * frame_seqlen
-    kv_cache_size = kv_cache["k"].shape[1]
-    num_new_tokens = roped_query.shape[1]
-    # Every .item() below is a host sync upstream makes, in upstream's order.
-    if (current_end > kv_cache["global_end_index"].item()) and (
-            num_new_tokens + kv_cache["local_end_index"].item() > kv_cache_size):
-        num_evicted_tokens = num_new_tokens + kv_cache["local_end_index"].item() - kv_cache_size
-        num_rolled_tokens = kv_cache["local_end_index"].item() - num_evicted_tokens - sink_tokens
-        src = slice(sink_tokens + num_evicted_tokens, sink_tokens + num_evicted_tokens + num_rolled_tokens)
-        kv_cache["k"][:, sink_tokens:sink_tokens + num_rolled_tokens] = kv_cache["k"][:, src].clone()
-        kv_cache["v"][:, sink_tokens:sink_tokens + num_rolled_tokens] = kv_cache["v"][:, src].clone()
-        local_end_index = kv_cache["local_end_index"].item() + current_end - \
-            kv_cache["global_end_index"].item() - num_evicted_tokens
-    else:
-        local_end_index = kv_cache["local_end_index"].item() + current_end - kv_cache["global_end_index"].item()
-    local_start_index = local_end_index - num_new_tokens
-    kv_cache["k"][:, local_start_index:local_end_index] = roped_key
-    kv_cache["v"][:, local_start_index:local_end_index] = v
-    start = max(0, local_end_index - caches.max_attention_size)
-    out = attention(roped_query, kv_cache["k"][:, start:local_end_index], kv_cache["v"][:, start:local_end_index])
-    kv_cache["global_end_index"].fill_(current_end)
-    kv_cache["local_end_index"].fill_(local_end_index)
-    return attn.o(out.flatten(2))
+    local_end_index = kv_cache.write(roped_key, v, current_start_frame)
+    return attn.o(kv_cache.attend(roped_query, local_end_index).flatten(2))
 
 
 def cross_attention(attn, x, context, crossattn_cache, text_kv=None):
@@ -222,11 +271,11 @@ def cross_attention(attn, x, context, crossattn_cache, text_kv=None):
 
     text_kv: the (k, v) [B, H, L, D] of a FLEX TextCache, used instead of computing them."""
     b, n, d = x.size(0), attn.num_heads, attn.head_dim
-    q = rms_norm(attn.norm_q, attn.q(x)).view(b, -1, n, d)
+    q = rms_norm(attn.q(x), attn.norm_q.weight, attn.norm_q.eps).view(b, -1, n, d)
     if not crossattn_cache["is_init"]:
         crossattn_cache["is_init"] = True
         if text_kv is None:
-            k = rms_norm(attn.norm_k, attn.k(context)).view(b, -1, n, d)
+            k = rms_norm(attn.k(context), attn.norm_k.weight, attn.norm_k.eps).view(b, -1, n, d)
             v = attn.v(context).view(b, -1, n, d)
         else:
             k, v = (t.transpose(1, 2) for t in text_kv)
@@ -236,13 +285,13 @@ def cross_attention(attn, x, context, crossattn_cache, text_kv=None):
     return attn.o(attention(q, k, v).flatten(2))
 
 
-def block_forward(blk, x, e, grid_sizes, freqs, context, kv_cache, crossattn_cache, current_start, caches, text_kv):
+def block_forward(blk, x, e, grid_sizes, freqs, context, kv_cache, crossattn_cache, current_start, text_kv):
     """CausalWanAttentionBlock.forward; e [B, F, 6, dim] in the model dtype."""
     num_frames, frame_seqlen = e.shape[1], x.shape[1] // e.shape[1]
     e = (blk.modulation.unsqueeze(1) + e).chunk(6, dim=2)
     y = self_attention(
         blk.self_attn, (layer_norm(blk.norm1, x).unflatten(dim=1, sizes=(num_frames, frame_seqlen)) * (1 + e[1])
-                        + e[0]).flatten(1, 2), grid_sizes, freqs, kv_cache, current_start, caches)
+                        + e[0]).flatten(1, 2), grid_sizes, freqs, kv_cache, current_start)
     x = x + (y.unflatten(dim=1, sizes=(num_frames, frame_seqlen)) * e[2]).flatten(1, 2)
     x = x + cross_attention(blk.cross_attn, layer_norm(blk.norm3, x), context, crossattn_cache, text_kv)
     y = blk.ffn((layer_norm(blk.norm2, x).unflatten(dim=1, sizes=(num_frames, frame_seqlen)) * (1 + e[4])
@@ -325,7 +374,7 @@ class UpstreamStyleWan(CausalWanModel):
         current_start = first_frame * cache.frame_seqlen
         for i, blk in enumerate(self.blocks):
             h = block_forward(blk, h, e0, grid_sizes, cache.freqs, context, cache.kv_cache[i], cache.crossattn_cache[i],
-                              current_start, cache, None if text_kv is None else text_kv[i])
+                              current_start, None if text_kv is None else text_kv[i])
         h = head_forward(self.head, h, e.unflatten(dim=0, sizes=t.shape).unsqueeze(2))
         out = torch.stack(unpatchify(h, grid_sizes, cfg.patch_size, cfg.out_dim))
         return out.permute(0, 2, 1, 3, 4)
