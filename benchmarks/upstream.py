@@ -39,7 +39,6 @@ Remaining differences from upstream (what; why; which way it biases the FLEX spe
   it clones the whole k and v cache, concatenates the sink and the window before attention and
   reads one more index back. Against LongLive the twin is the lighter baseline: the speed-up
   over LongLive itself would be larger than the one reported.
-
 * Attention kernels: upstream calls flash-attn's varlen kernel (FA3 on Hopper, FA2 otherwise;
   its cross-attention requires flash-attn); the twin uses the SDPA fallback of upstream's
   ``attention()`` for self- and cross-attention (flash-attn is not installable here). FA3 can
@@ -64,6 +63,8 @@ Remaining differences from upstream (what; why; which way it biases the FLEX spe
 * Given a TextCache (the e2e suite does this), the cross-attention K/V projection of the
   first pass is not redone (the FLEX path's is excluded from timing too): once per stream,
   understates. Given the embeddings, the twin does it as upstream does.
+* The two index fills of a layer run just before its attention instead of just after: the
+  same work in another order (so that the op benchmark can time the cache update alone).
 * No prompt switch: Self Forcing has none (``recache`` raises).
 """
 from __future__ import annotations
