@@ -33,8 +33,8 @@ def setup(device: torch.device, quick: bool) -> dict:
     if quick:
         return dict(model=wan_config("tiny"), latent=(4, 6), horizons=(5, 30))
     # CPU default: head dim 128 like Wan, a reduced width/depth and a 16x28 latent (128x224 video).
-    return dict(model=wan_config("tiny", dim=512, ffn_dim=1024, num_heads=4, num_layers=4, text_len=64,
-                                 text_dim=64, freq_dim=256), latent=(16, 28), horizons=(5, 30, 60, 240))
+    return dict(model=wan_config("tiny", dim=512, ffn_dim=1024, num_heads=4, num_layers=4, text_len=512,
+                                 text_dim=4096, freq_dim=256), latent=(16, 28), horizons=(5, 30, 60, 240))
 
 
 def latent_frames(seconds: int) -> int:

@@ -77,23 +77,83 @@ def test_compare_prints_ratios(quick_results):
     assert "1.00x" in text
 
 
-def test_upstream_style_twin_generates_the_same_video():
-    """The benchmark's baseline is the same computation: shifting cache == ring cache."""
+def _twin_setup(batch=1):
     import torch
-
-    from benchmarks.upstream import UpstreamStyleWan
     from flex.config import FlexConfig
     from flex.models.wan import CausalWanModel
-    from flex.pipeline import Pipeline
+
+    from benchmarks.upstream import UpstreamStyleWan
 
     torch.manual_seed(0)
     model = CausalWanModel("tiny").eval()
     twin = UpstreamStyleWan.sharing_weights_of(model).eval()
     off = FlexConfig.off(window_frames=6).replace(sink_frames=3)  # 3 + 6 frames: evicts from chunk 4 on
-    text = torch.randn(1, 8, model.config.text_dim)
-    got = Pipeline(twin, off).generate(text, 18, (4, 6), generator=torch.Generator().manual_seed(1))
-    want = Pipeline(model, off, backend="reference").generate(text, 18, (4, 6), generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(got, want, atol=1e-5 * want.abs().max()), (got - want).abs().max()
+    text = torch.randn(batch, 8, model.config.text_dim)
+    return model, twin, off, text
+
+
+def _video(model, config, text, **kw):
+    import torch
+    from flex.pipeline import Pipeline
+
+    return Pipeline(model, config, **kw).generate(text, 18, (4, 6), generator=torch.Generator().manual_seed(1))
+
+
+def test_upstream_style_twin_generates_the_same_video():
+    """The benchmark's baseline is the same computation: shifting cache == ring cache, from the
+    prompt embeddings (re-embedded every pass) or from a TextCache, per sample of a batch."""
+    import torch
+
+    model, twin, off, text = _twin_setup(batch=2)
+    want = _video(model, off, text, backend="reference")
+    with torch.no_grad():
+        text_cache = model.encode_text(text)
+    for prompt in (text, text_cache):
+        got = _video(twin, off, prompt)
+        assert torch.allclose(got, want, atol=1e-5 * want.abs().max()), (got - want).abs().max()
+
+
+def test_upstream_style_twin_does_upstreams_per_pass_work(monkeypatch):
+    """Counted against Self Forcing's code: the text embedding runs on every pass, the
+    cross-attention K/V on the first pass of the stream only, and each layer reads its two
+    cache indices back with .item() 4 times on a chunk's first pass (6 when it evicts) and 3
+    times on each later pass."""
+    import torch
+
+    _, twin, off, text = _twin_setup()
+    calls = {"text": 0, "cross_k": 0, "item": 0}
+    twin.text_embedding.register_forward_hook(lambda *a: calls.__setitem__("text", calls["text"] + 1))
+    twin.blocks[0].cross_attn.k.register_forward_hook(lambda *a: calls.__setitem__("cross_k", calls["cross_k"] + 1))
+    item = torch.Tensor.item
+
+    def counted_item(self):
+        if self.shape == (1,) and self.dtype == torch.int64:  # the cache's end indices
+            calls["item"] += 1
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    _video(twin, off, text)
+    chunks, passes, cache_frames = 6, 5, 3 + 6
+    first = [6 if 3 * (c + 1) > cache_frames else 4 for c in range(chunks)]
+    assert calls == {"text": chunks * passes, "cross_k": 1,
+                     "item": twin.num_layers * (sum(first) + chunks * (passes - 1) * 3)}
+
+
+def test_upstream_style_twin_refuses_what_upstream_cannot_do():
+    import pytest
+    import torch
+
+    from benchmarks.upstream import MAX_POSITIONS
+
+    model, twin, _, text = _twin_setup()
+    cache = twin.new_cache(1, 2, 3, 3, 6)
+    x = torch.zeros(1, 3, model.config.in_dim, 4, 6)
+    with pytest.raises(ValueError, match="1024 positions"):
+        twin(x, 0.0, text, cache, MAX_POSITIONS - 2)
+    with pytest.raises(ValueError, match="new_cache"):
+        twin(x, 0.0, text, model.new_cache(1, 2, 3, 3, 6), 0)
+    with pytest.raises(ValueError, match="no prompt switch"):
+        twin.recache(x, 0.0, text, cache, [0, 1, 2])
 
 
 def test_a_failing_path_becomes_an_error_row(monkeypatch):
