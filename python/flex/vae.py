@@ -40,6 +40,17 @@ def pixel_frames(latent_frames: int) -> int:
     return 4 * latent_frames - 3 if latent_frames > 0 else 0
 
 
+def check_latents(latents) -> torch.Tensor:
+    """``latents`` if it is a floating-point [B, F, 16, h, w] tensor with at least one of each; else ValueError."""
+    is_tensor = isinstance(latents, torch.Tensor)
+    if not is_tensor or latents.dim() != 5 or latents.shape[2] != LATENT_CHANNELS or 0 in latents.shape:
+        got = f"shape {tuple(latents.shape)}" if is_tensor else f"a {type(latents).__name__}"
+        raise ValueError(f"latents must be a [B, F, {LATENT_CHANNELS}, h, w] tensor with B, F, h, w >= 1, got {got}")
+    if not latents.is_floating_point():
+        raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}")
+    return latents
+
+
 def _is_vae_folder(path: Path) -> bool:
     """A Diffusers ``AutoencoderKLWan`` folder itself (rather than a Wan folder holding one)."""
     try:
@@ -97,9 +108,15 @@ def _has_accelerate() -> bool:
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """[B, 3, T, H, W] in [-1, 1] -> [B, T, H, W, 3] uint8 on the CPU, as Self Forcing does it:
-    x * 0.5 + 0.5 clamped to [0, 1], times 255, truncated (its frames go through
-    ``torchvision.io.write_video``, which casts the float frames to uint8)."""
-    video = (255.0 * (video.float() * 0.5 + 0.5).clamp(0, 1)).to(torch.uint8)
+    x * 0.5 + 0.5, then :func:`unit_to_uint8`."""
+    return unit_to_uint8(video.float() * 0.5 + 0.5)
+
+
+def unit_to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, T, H, W] in [0, 1] -> [B, T, H, W, 3] uint8 on the CPU: clamped to [0, 1], times 255,
+    truncated (Self Forcing's frames go through ``torchvision.io.write_video``, which casts the
+    float frames to uint8)."""
+    video = (255.0 * video.float().clamp(0, 1)).to(torch.uint8)
     return video.permute(0, 2, 3, 4, 1).cpu()
 
 
@@ -133,8 +150,7 @@ class WanVAEDecoder:
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """[B, F, 16, h, w] (DiT space) -> [B, 16, F, h, w] (VAE space, VAE dtype and device)."""
-        if latents.dim() != 5 or latents.shape[2] != LATENT_CHANNELS:
-            raise ValueError(f"latents must be [B, F, {LATENT_CHANNELS}, h, w], got shape {tuple(latents.shape)}")
+        check_latents(latents)
         z = latents.to(self.device, torch.float32).permute(0, 2, 1, 3, 4)
         z = z * self.std.to(z.device) + self.mean.to(z.device)
         return z.to(self.dtype)
@@ -183,10 +199,7 @@ class DecodeStream:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Frames of the next chunk [B, f, 16, h, w] -> uint8 [B, n, H, W, 3]."""
-        if latents.dim() != 5 or latents.shape[2] != LATENT_CHANNELS:
-            raise ValueError(f"latents must be [B, f, {LATENT_CHANNELS}, h, w], got shape {tuple(latents.shape)}")
-        if latents.shape[1] == 0:
-            raise ValueError("latents must have at least one frame")
+        check_latents(latents)
         out = self._decode_cached(latents) if self.cached else self._decode_overlap(latents)
         self.latent_frames += latents.shape[1]
         self.frames_out += out.shape[1]
