@@ -67,7 +67,7 @@ def test_every_option_row_has_numbers(quick_results):
         for key in ("latent_fps", "video_fps", "warmup_seconds", "speedup_vs_eager"):
             assert _is_number(r[key]), (key, r)
     assert options["eager"]["speedup_vs_eager"] == 1.0
-    assert any("text encoding excluded" in n for n in results["e2e_notes"])
+    assert any("text encoding (T5) excluded" in n for n in results["e2e_notes"])
 
 
 def test_compare_prints_ratios(quick_results):

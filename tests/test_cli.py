@@ -365,3 +365,45 @@ def test_terminated_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
     assert not out.exists() and _parts(tmp_path) == []
     assert "terminated" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is previous  # the handler is only installed while running
+
+
+# ---------------------------------------------------------------- the tiny decoder
+
+
+def test_tiny_vae_decodes_the_generated_latents(assets, tmp_path):
+    """--vae tiny: the video is the TAEHV decoding of the same latents the Wan VAE run decodes."""
+    from flex.config import FlexConfig
+    from flex.generation import GenerationSettings
+    from flex.loading import load_dit
+    from flex.pipeline import Pipeline
+    from flex.text import WanTextEncoder
+    from flex.tiny_vae import TinyVAEDecoder, TinyWanDecoderNet
+
+    torch.manual_seed(3)
+    net = TinyWanDecoderNet()
+    for p in net.parameters():  # spread the outputs over [0, 1]
+        p.data.mul_(0.5)
+    weights = tmp_path / "taew2_1.pth"
+    torch.save(net.state_dict(), weights)
+    out = tmp_path / "tiny.mp4"
+    assert _run(assets, "--prompt", "a cat", "--frames", "3", "--seed", "5", "--vae", "tiny",
+                "--vae-weights", str(weights), "--crf", "0", "--out", str(out)) == 0
+    got = read_video(out).astype(int)
+    # The reference: the same seed's latents, decoded by the tiny decoder directly.
+    settings = GenerationSettings(dit=str(assets["dit"]), wan_dir=str(assets["wan"]), prompts=("a cat",), frames=3,
+                                  height=64, width=96, dtype="fp32", device="cpu", out=str(tmp_path / "x.mp4"))
+    model, _ = load_dit(settings.dit, use_ema=True)
+    text = WanTextEncoder.from_pretrained(settings.wan_dir, torch.device("cpu"), torch.float32,
+                                          text_len=model.config.text_len).encode(["a cat"])
+    pipe = Pipeline(model, FlexConfig(), **settings.model_preset.pipeline_kwargs())
+    latents = pipe.generate(text, 3, (8, 12), generator=torch.Generator().manual_seed(5))
+    want = TinyVAEDecoder(net).decode(latents)[0].numpy().astype(int)
+    assert got.shape == want.shape == (9, 64, 96, 3)
+    assert abs(got - want).mean() < 2  # crf 0: only the yuv420 round trip between them
+
+
+def test_tiny_vae_needs_its_weights(assets, tmp_path, capsys, no_model_loading):
+    assert _run(assets, "--prompt", "a", "--vae", "tiny", "--out", str(tmp_path / "a.mp4")) == 2
+    assert "--vae-weights" in capsys.readouterr().err
+    assert _run(assets, "--prompt", "a", "--vae-weights", str(tmp_path), "--out", str(tmp_path / "a.mp4")) == 2
+    assert "needs vae tiny" in capsys.readouterr().err

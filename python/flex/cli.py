@@ -26,6 +26,7 @@ from .generation import (
 from .generation import MODULATIONS, NOISES
 from .generation import latent_frames as _latent_frames
 from .pipeline import RECACHE_MODES
+from .vae import VAES
 from .presets import MODEL_PRESETS, model_preset
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -86,6 +87,12 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
                     help="Wan2.1 folder with the text encoder, tokenizer and VAE: the original download "
                          "(Wan-AI/Wan2.1-T2V-1.3B: models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/, "
                          "Wan2.1_VAE.pth) or the Diffusers one (text_encoder/, tokenizer/, vae/)")
+    io.add_argument("--vae", choices=VAES, default=default("vae"),
+                    help="video decoder: the Wan folder's VAE (wan, the default) or the tiny TAEHV decoder "
+                         "(tiny: many times faster, a little softer; as Self Forcing's real-time demo)")
+    io.add_argument("--vae-weights", default=d(None), metavar="FILE",
+                    help="the tiny decoder's weights, taew2_1.pth (or .safetensors) from madebyollin/taehv "
+                         "(default: that file in --wan-dir)")
     prompts = io.add_mutually_exclusive_group(required=defaults)
     prompts.add_argument("--prompt", default=d(None), metavar="TEXT", help="one text prompt")
     prompts.add_argument("--prompts", default=d(None), metavar="FILE",
@@ -335,7 +342,7 @@ def settings_from_args(args, explicit: set[str]) -> GenerationSettings:
             lora_alpha=args.lora_alpha, lora_scale=args.lora_scale, trust_checkpoint=args.trust_checkpoint,
             denoising_steps=denoising_steps(args.denoising_steps), backend=args.backend, dtype=args.dtype,
             device=args.device, compile=COMPILE_CHOICES[args.compile], cuda_graphs=args.cuda_graphs,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, vae=args.vae, vae_weights=args.vae_weights,
         )
     except SettingsError as err:
         raise _usage_error(err) from err

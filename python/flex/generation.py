@@ -326,6 +326,8 @@ class GenerationSettings:
     noise: str = "ans"
     schedules: tuple | None = None
     recache: str = "window"
+    vae: str = "wan"
+    vae_weights: str | None = None
     backend: str = "auto"
     dtype: str = "bf16"
     device: str = "auto"
@@ -399,6 +401,7 @@ class GenerationSettings:
             raise SettingsError("lora", f"lora {str(self.lora)!r} does not exist"
                                 if not Path(self.lora).exists() else f"lora {str(self.lora)!r} is not a file")
         check_wan_dir(self.wan_dir)
+        self._check_vae()
         for name in ("height", "width"):
             v = getattr(self, name)
             if not _is_int(v) or not SPATIAL <= v <= MAX_SIDE or v % SPATIAL:
@@ -448,6 +451,29 @@ class GenerationSettings:
             check_writable_folder(folder)
         return dict(outputs=outputs, latent_frames=frames, frames_how=how, torch_device=device)
 
+    def _check_vae(self) -> None:
+        from .tiny_vae import WEIGHTS_NAME, find_tiny_vae_weights
+        from .vae import VAES
+
+        if self.vae not in VAES:
+            raise SettingsError("vae", f"vae must be one of {VAES}, got {self.vae!r}")
+        if self.vae_weights is not None:
+            if self.vae != "tiny":
+                raise SettingsError("vae_weights", "vae_weights is the tiny decoder's weights file: it needs vae tiny")
+            if not Path(self.vae_weights).is_file():
+                raise SettingsError("vae_weights", f"vae_weights {str(self.vae_weights)!r} is not a file")
+        elif self.vae == "tiny" and find_tiny_vae_weights(self.wan_dir) is None:
+            raise SettingsError("vae_weights", f"vae tiny needs the TAEHV weights file {WEIGHTS_NAME} "
+                                               f"(madebyollin/taehv): give vae_weights or put it in the wan_dir")
+
+    def vae_weights_path(self) -> str | None:
+        """The tiny decoder's weights file (given, or found in the Wan folder); None for the Wan VAE."""
+        from .tiny_vae import find_tiny_vae_weights
+
+        if self.vae != "tiny":
+            return None
+        return str(self.vae_weights if self.vae_weights is not None else find_tiny_vae_weights(self.wan_dir))
+
     def _check_schedules(self) -> tuple:
         from .prompt_schedule import ScheduleError, check_schedule
 
@@ -493,6 +519,7 @@ class GenerationSettings:
             "context_noise": self.model_preset.context_noise, "modulation": self.modulation, "noise": self.noise,
             "schedule": None if self.schedules is None or self.schedules[i] is None else list(self.schedules[i]),
             "recache": self.recache,
+            "vae": self.vae if self.vae == "wan" else {"tiny": _file_identity(self.vae_weights_path())},
             "backend": self.backend, "dtype": self.dtype, "device": self.torch_device.type,
             "compile": self.compile, "cuda_graphs": self.cuda_graphs,
             "video": {"fps": FPS, "crf": self.crf, "codec": "libx264", "threads": ENCODER_THREADS,
@@ -636,7 +663,7 @@ def generate_videos(
     from .noise import UpstreamNoise
     from .pipeline import Pipeline
     from .text import WanTextEncoder
-    from .vae import WanVAEDecoder
+    from .vae import load_decoder
     from .video import VideoWriter
 
     _quiet_library_progress()
@@ -684,7 +711,7 @@ def generate_videos(
 
     # 3. DiT and VAE on the device.
     model = model.to(device=device, dtype=dtype)
-    vae = WanVAEDecoder.from_pretrained(settings.wan_dir, device, dtype) if write else None
+    vae = load_decoder(settings.vae, settings.wan_dir, settings.vae_weights_path(), device, dtype) if write else None
     pipe = Pipeline(model, cfg, **preset.pipeline_kwargs(), backend=settings.backend,
                     compile=settings.compile, cuda_graphs=settings.cuda_graphs, parallel=parallel)
 

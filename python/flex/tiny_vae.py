@@ -135,6 +135,15 @@ class TinyWanDecoderNet(nn.Module):
         return x.unflatten(0, (batch, frames))
 
 
+def find_tiny_vae_weights(folder) -> Path | None:
+    """``taew2_1.pth`` (or ``taew2_1.safetensors``) in ``folder`` (e.g. the Wan folder), if there."""
+    for name in (WEIGHTS_NAME, Path(WEIGHTS_NAME).with_suffix(".safetensors").name):
+        candidate = Path(folder) / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def read_tiny_vae_state_dict(path) -> tuple[dict, str]:
     """(decoder state dict, source) of a TAEHV weights file (.pth weights only, or .safetensors)."""
     path = Path(path)

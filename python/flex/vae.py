@@ -33,6 +33,7 @@ import torch
 from .loading.wan_dir import locate_wan_part
 
 LATENT_CHANNELS = 16
+VAES = ("wan", "tiny")  # the Wan2.1 VAE (diffusers) or the tiny TAEHV decoder (flex.tiny_vae)
 
 
 def pixel_frames(latent_frames: int) -> int:
@@ -230,3 +231,21 @@ class DecodeStream:
         keep = pixel_frames(latents.shape[1]) if context is None else 4 * latents.shape[1]
         self._context = full[:, -self.overlap:].detach()
         return frames[:, -keep:]
+
+
+def load_decoder(vae: str, wan_dir, weights=None, device="cpu", dtype=torch.float32):
+    """The video decoder ``vae`` names: "wan" (the Wan folder's VAE) or "tiny" (TAEHV from
+    ``weights``, else ``taew2_1.pth`` in the Wan folder). The tiny decoder runs in float32 on a
+    CPU, where bf16 convolutions are many times slower."""
+    if vae not in VAES:
+        raise ValueError(f"vae must be one of {VAES}, got {vae!r}")
+    if vae == "wan":
+        return WanVAEDecoder.from_pretrained(wan_dir, device, dtype)
+    from .tiny_vae import TinyVAEDecoder, WEIGHTS_NAME, find_tiny_vae_weights
+
+    path = weights if weights is not None else find_tiny_vae_weights(wan_dir)
+    if path is None:
+        raise FileNotFoundError(f"vae tiny needs the TAEHV weights {WEIGHTS_NAME}: give their path "
+                                f"(--vae-weights) or put the file in {str(wan_dir)!r}")
+    tiny_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+    return TinyVAEDecoder.from_pretrained(path, device, tiny_dtype)

@@ -15,14 +15,14 @@ import torch
 from ..generation import DTYPES, FPS, WEIGHTS, GenerationSettings
 from ..pipeline import RECACHE_MODES, Pipeline, Stream
 from ..text import WanTextEncoder
-from ..vae import WanVAEDecoder
+from ..vae import WanVAEDecoder, load_decoder
 
 
 @dataclass
 class Engine:
     pipe: Pipeline
     text_encoder: WanTextEncoder
-    vae: WanVAEDecoder
+    vae: WanVAEDecoder  # or a flex.tiny_vae.TinyVAEDecoder: the same interface
     num_frames: int  # latent frames of one stream (the longest a session can run)
     latent_size: tuple[int, int]
     out_dir: Path = Path("outputs")
@@ -54,7 +54,7 @@ class Engine:
                             trust_pickle=settings.trust_checkpoint)
         model = model.to(device=device, dtype=dtype)
         text_encoder = WanTextEncoder.from_pretrained(settings.wan_dir, device, dtype, text_len=model.config.text_len)
-        vae = WanVAEDecoder.from_pretrained(settings.wan_dir, device, dtype)
+        vae = load_decoder(settings.vae, settings.wan_dir, settings.vae_weights_path(), device, dtype)
         pipe = Pipeline(model, settings.flex, denoising_steps=settings.denoising_steps, backend=settings.backend,
                         compile=settings.compile, cuda_graphs=settings.cuda_graphs)
         latent = (settings.height // vae.spatial_ratio, settings.width // vae.spatial_ratio)
