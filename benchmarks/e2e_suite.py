@@ -3,7 +3,7 @@
 Every path runs the same DiT weights (random: speed does not depend on their values) through
 the Self Forcing schedule (chunk 3, 4 steps + the clean context pass) with sink 3 + window 9.
 Text encoding is excluded (the prompt's cross-attention K/V are computed before timing).
-VAE decode is timed separately, chunk by chunk, on the first horizon (diffusers needed).
+Decode (the Wan VAE and the tiny decoder) is measured by benchmarks/decode_suite.py.
 """
 from __future__ import annotations
 
@@ -91,34 +91,6 @@ def run_stream(pipe: Pipeline, text, frames: int, latent, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
-
-
-def decode_fps(latents: torch.Tensor, device, dtype, quick: bool) -> float | str:
-    """Pixel frames per second of chunk-by-chunk Wan VAE decode (random weights).
-
-    The Wan2.1 VAE architecture (diffusers defaults), or a tiny one for --quick.
-    """
-    try:
-        from diffusers import AutoencoderKLWan
-    except ImportError as err:
-        return f"skipped: diffusers not importable ({err})"
-    from flex.vae import WanVAEDecoder
-
-    torch.manual_seed(0)
-    tiny = dict(base_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[]) if quick else {}
-    vae = AutoencoderKLWan(**tiny).to(device, dtype).eval()
-    stream = WanVAEDecoder(vae).stream()
-    stream.decode(latents[:, :CHUNK])  # warm-up
-    stream = WanVAEDecoder(vae).stream()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    n = 0
-    for f in range(0, latents.shape[1], CHUNK):
-        n += stream.decode(latents[:, f:f + CHUNK]).shape[1]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return n / (time.perf_counter() - start)
 
 
 def fastest_options(device: torch.device) -> tuple[str, dict]:
@@ -289,16 +261,19 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
         option_rows.append(dict(row, latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec,
                                 warmup_seconds=warm[id(variants[label])],
                                 speedup_vs_eager=None if speed is None else speed["median"], speedup_stats=speed))
+    decoding = {}
     if decode:
-        latents = torch.randn(1, 6 if quick else 21, 16, *s["latent"], device=device)
-        fps = decode_fps(latents, device, dtype, quick)
-        for r in rows:
-            if "error" in r:
-                continue
-            if isinstance(fps, float):
-                r["decode_video_fps"] = fps
-                # Generation then decode, one after the other: the combined video FPS.
-                r["video_fps_with_decode"] = 1 / (1 / r["video_fps"] + 1 / fps)
-            else:
-                r["decode_note"] = fps
-    return dict(rows=rows, options=option_rows, notes=notes)
+        from . import decode_suite
+
+        pipe = fast_on if id(fast_on) not in failed else eager_on
+        wan_e2e = 0 if device.type == "cpu" and not quick else latent_frames(5)  # see the note below
+        decoding = decode_suite.run(device, dtype, quick, repeats, pipe, text_cache, s["latent"],
+                                    decode_latent_frames={"Wan VAE": 3 if not quick else 6,
+                                                          "tiny (TAEHV)": 6 if not quick else 6},
+                                    e2e_frames={"Wan VAE": wan_e2e, "tiny (TAEHV)": latent_frames(5)
+                                                if not quick else 6})
+        if not wan_e2e:
+            notes.append("end to end with the Wan VAE is not run on a CPU by default: it decodes about a frame a "
+                         "second or less there, so a 5 s video would take minutes per run; its decode FPS is "
+                         "measured, and the tiny decoder is run end to end")
+    return dict(rows=rows, options=option_rows, notes=notes, decode=decoding)

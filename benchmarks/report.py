@@ -75,6 +75,30 @@ def options_table(rows: list[dict]) -> list[list[str]]:
     return table
 
 
+def decode_table(decode: dict) -> list[list[str]]:
+    from benchmarks.interleave import describe
+
+    table = [["decoder", "decode FPS", "e2e: diffusion only", "decode in the loop", "decode overlapped",
+              "overlapped vs loop", "overlapped / min(diffusion, decode)"]]
+    e2e = {r["decoder"]: r for r in decode.get("e2e", [])}
+    for r in decode.get("decoders", []):
+        if "note" in r:
+            table.append([r["decoder"], r["note"], "", "", "", "", ""])
+            continue
+        row = [f"{r['decoder']} ({r['dtype']})", "-" if r.get("decode_fps") is None else f"{r['decode_fps']:.2f}"]
+        e = e2e.get(r["decoder"])
+        if e is None:
+            row += ["not run", "", "", "", ""]
+        elif "error" in e:
+            row += ["failed: " + e["error"], "", "", "", ""]
+        else:
+            row += [f"{e['diffusion_video_fps']:.2f}", f"{e['sequential_video_fps']:.2f}",
+                    f"{e['overlapped_video_fps']:.2f}", describe(e["overlap_vs_sequential"]),
+                    f"{e['overlapped_of_bound']:.2f}"]
+        table.append(row)
+    return table
+
+
 def _text(table):
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
@@ -105,6 +129,8 @@ def console_table(results: dict) -> str:
         parts.append(_text(e2e_table(results["e2e"])))
     if results.get("e2e_options"):
         parts.append(_text(options_table(results["e2e_options"])))
+    if results.get("decode", {}).get("decoders"):
+        parts.append(_text(decode_table(results["decode"])))
     warnings = [n for n in results.get("e2e_notes", []) if n.startswith("warning:")]
     if warnings:
         parts.append("\n".join(warnings))
@@ -117,9 +143,13 @@ def markdown(results: dict) -> str:
         parts += ["## Ops", _markdown(ops_table(results["ops"]))]
     if results["e2e"]:
         parts += ["## End to end", _markdown(e2e_table(results["e2e"])),
-                  "Text encoding is excluded; VAE decode is timed separately (decode FPS: pixel frames per second of "
-                  "chunk-by-chunk Wan VAE decode). Peak memory: the CUDA allocator's peak on a GPU, the process "
-                  "RSS on a CPU."]
+                  "Text encoding is excluded; decode is measured separately (below). Peak memory: the CUDA "
+                  "allocator's peak on a GPU, the process RSS on a CPU."]
+    if results.get("decode", {}).get("decoders"):
+        parts += ["## Decode", _markdown(decode_table(results["decode"])),
+                  "Video frames per second (4 x latent - 3). Decode FPS: chunk by chunk, random weights. End to end: "
+                  "one stream of the FLEX path (FLEX on, fastest options) at 5 s, three ways in turns: no decode, "
+                  "decode after each chunk, decode in a worker thread during the next chunk."]
     if results.get("e2e_options"):
         parts += ["## Compile and CUDA-graph options of the FLEX path", _markdown(options_table(results["e2e_options"])),
                   "Warm-up: the seconds of a short first stream that compiles / captures every pass variant; "

@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
 
     results = dict(schema=SCHEMA_VERSION, machine=machine_info(device), dtype=str(dtype).replace("torch.", ""),
                    quick=args.quick, command=reproduce_command(argv if argv is not None else sys.argv[1:]),
-                   roofline={}, ops=[], e2e=[], e2e_options=[], e2e_notes=[])
+                   roofline={}, ops=[], e2e=[], e2e_options=[], e2e_notes=[], decode={})
     steps = ["roofline"]  # every suite puts its rates next to the roofline of this run
     if args.suite in ("ops", "all"):
         steps += ["rope", "attention"]
@@ -169,7 +169,8 @@ def main(argv=None) -> dict:
                 from benchmarks import e2e_suite
 
                 def save_e2e(e2e):
-                    results.update(e2e=e2e["rows"], e2e_options=e2e["options"], e2e_notes=e2e["notes"])
+                    results.update(e2e=e2e["rows"], e2e_options=e2e["options"], e2e_notes=e2e["notes"],
+                                   decode=e2e.get("decode", {}))
                     report.write_all(results, out)
 
                 horizons = args.horizons or (None if full or args.quick else e2e_suite.DEFAULT_HORIZONS)

@@ -170,3 +170,43 @@ def test_a_failing_path_becomes_an_error_row(monkeypatch):
     assert "no_such_backend" in rows["FLEX path, FLEX on, broken"]["error"]
     assert _is_number(rows["FLEX path, FLEX on"]["latent_fps"])
     assert saved and saved[-1]["rows"] == result["rows"]
+
+
+def test_decode_rows_have_numbers(quick_results):
+    """Both decoders' decode FPS, and each one end to end three ways (no decode, in the loop, overlapped)."""
+    results, out = quick_results
+    rows = {r["decoder"]: r for r in results["decode"]["decoders"]}
+    assert "tiny (TAEHV)" in rows and _is_number(rows["tiny (TAEHV)"]["decode_fps"])
+    for r in results["decode"]["e2e"]:
+        assert "error" not in r, r
+        for key in ("diffusion_video_fps", "sequential_video_fps", "overlapped_video_fps", "overlapped_of_bound"):
+            assert _is_number(r[key]), (key, r)
+        stats = r["overlap_vs_sequential"]
+        assert stats["min"] <= stats["median"] <= stats["max"] and stats["rounds"] == 2
+    assert "## Decode" in (out / "summary.md").read_text()
+
+
+def test_interleaved_ratios_and_spread():
+    from benchmarks.interleave import describe, interleaved, ratio
+
+    clock = iter([1.0, 2.0, 1.0, 2.2, 1.1, 1.9])
+    times = interleaved({"a": lambda: next(clock), "b": lambda: next(clock)}, rounds=3)
+    assert times == {"a": [1.0, 1.0, 1.1], "b": [2.0, 2.2, 1.9]}  # in turns: a b, a b, a b
+    r = ratio(times["b"], times["a"])  # per round: 2.0, 2.2, 1.727...
+    assert r["median"] == 2.0 and r["max"] == 2.2 and abs(r["min"] - 1.9 / 1.1) < 1e-12
+    assert r["wide"] and describe(r).endswith("!")  # a 24% spread
+    broken = interleaved({"ok": lambda: 1.0, "bad": lambda: 1 / 0}, rounds=2)
+    assert broken["ok"] == [1.0, 1.0] and isinstance(broken["bad"], ZeroDivisionError)
+
+
+def test_model_flops_count_the_matmuls():
+    """One pass of a one-layer model, counted by hand."""
+    from benchmarks.flops import pass_flops
+    from flex.models.config import wan_config
+
+    cfg = wan_config("tiny", dim=8, ffn_dim=16, num_heads=2, num_layers=1, text_len=4, text_dim=4)
+    t, keys = 2 * 6, 3 * 6  # 2 frames of 6 tokens; 3 resident frames
+    patch = 2 * t * cfg.in_dim * 4 * 8
+    block = 2 * t * 8 * 8 * 4 + 4 * t * keys * 8 + 2 * t * 8 * 8 * 2 + 4 * t * 4 * 8 + 2 * t * 8 * 16 * 2
+    head = 2 * t * 8 * cfg.out_dim * 4
+    assert pass_flops(cfg, 6, 2, 3) == patch + block + head
