@@ -204,9 +204,9 @@ def test_model_flops_count_the_matmuls():
     from benchmarks.flops import pass_flops
     from flex.models.config import wan_config
 
-    cfg = wan_config("tiny", dim=8, ffn_dim=16, num_heads=2, num_layers=1, text_len=4, text_dim=4)
+    cfg = wan_config("tiny", dim=16, ffn_dim=24, num_heads=2, num_layers=1, text_len=4, text_dim=4)
     t, keys = 2 * 6, 3 * 6  # 2 frames of 6 tokens; 3 resident frames
-    patch = 2 * t * cfg.in_dim * 4 * 8
-    block = 2 * t * 8 * 8 * 4 + 4 * t * keys * 8 + 2 * t * 8 * 8 * 2 + 4 * t * 4 * 8 + 2 * t * 8 * 16 * 2
-    head = 2 * t * 8 * cfg.out_dim * 4
+    patch = 2 * t * cfg.in_dim * 4 * 16
+    block = 2 * t * 16 * 16 * 4 + 4 * t * keys * 16 + 2 * t * 16 * 16 * 2 + 4 * t * 4 * 16 + 2 * t * 16 * 24 * 2
+    head = 2 * t * 16 * cfg.out_dim * 4
     assert pass_flops(cfg, 6, 2, 3) == patch + block + head
