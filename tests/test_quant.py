@@ -230,15 +230,18 @@ def test_bf16_traced_pass_matches_eager(mode):
 def test_quant_suite_quick_schema():
     from benchmarks import quant_suite
 
-    result = quant_suite.run(torch.device("cpu"), torch.float32, quick=True, repeats=2)
+    def decode(latents):  # a stand-in decoder: latents -> uint8 frames
+        return ((latents.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+
+    result = quant_suite.run(torch.device("cpu"), torch.float32, quick=True, repeats=2, decode=decode)
     modes = [row["mode"] for row in result["rows"]]
     assert modes == ["none", "int8", "int8-weight"]
     for row in result["rows"]:
         assert row["latent_fps"]["median"] > 0 and math.isfinite(row["latent_fps"]["median"])
         if row["mode"] == "none":
-            assert row["max_abs_diff"] == 0 and row["speedup_vs_none"]["median"] == 1
+            assert row["max_abs_diff"] == 0 and row["speedup_vs_none"]["median"] == 1 and row["psnr_db"] is None
         else:
-            assert 0 < row["mean_abs_diff"] <= row["max_abs_diff"] < 1
+            assert 0 < row["mean_abs_diff"] <= row["max_abs_diff"] < 1 and row["psnr_db"] > 20
             lo, med, hi = (row["speedup_vs_none"][k] for k in ("min", "median", "max"))
             assert lo <= med <= hi
     assert "CUDA" in result["skipped"]["fp8"]

@@ -66,9 +66,6 @@ def check_quant(mode: str, device: torch.device | str | None = None, dtype: torc
     if mode == "none":
         return mode
     _torchao(mode)
-    if dtype is not None and dtype not in QUANT_DTYPES[mode]:
-        allowed = ", ".join(str(d).replace("torch.", "") for d in QUANT_DTYPES[mode])
-        raise ValueError(f"quant={mode!r} needs a model dtype in ({allowed}), got {str(dtype).replace('torch.', '')}")
     if mode == "fp8" and device is not None:
         device = torch.device(device)
         if device.type != "cuda":
@@ -81,6 +78,9 @@ def check_quant(mode: str, device: torch.device | str | None = None, dtype: torc
             raise ValueError(f"quant='fp8' needs compute capability >= 8.9 (Ada, Hopper), "
                              f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}; "
                              f"use quant='int8' or 'int8-weight'")
+    if dtype is not None and dtype not in QUANT_DTYPES[mode]:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in QUANT_DTYPES[mode])
+        raise ValueError(f"quant={mode!r} needs a model dtype in ({allowed}), got {str(dtype).replace('torch.', '')}")
     return mode
 
 
