@@ -20,6 +20,7 @@ from flex.pipeline import Pipeline
 from flex.quant import QUANT_MODES, check_quant, quantize, quantized_linears, torchao_config
 
 from .e2e_suite import CHUNK, SINK, WINDOW, latent_frames, run_stream, setup, warm_up
+from .interleave import interleaved, ratio
 
 
 def spread(values: list[float]) -> dict:
@@ -33,7 +34,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, model=None, latent=None,
-        frames: int | None = None, decode=None) -> dict:
+        frames: int | None = None, decode=None, modes: tuple[str, ...] = QUANT_MODES) -> dict:
     """{"rows": one per mode run, "skipped": {mode: why}, "notes": [...]}.
 
     ``model``: a WanConfig (default: e2e_suite.setup's for the device); ``latent``: (H, W);
@@ -47,7 +48,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, mod
     with torch.device(device):
         base = CausalWanModel(arch).to(dtype).eval()
     models, skipped = {}, {}
-    for mode in QUANT_MODES:
+    for mode in ("none", *[m for m in modes if m != "none"]):
         try:
             check_quant(mode, device, dtype)
         except ValueError as err:
@@ -68,21 +69,23 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, mod
         # Speed: warm-up, then the modes interleaved round by round.
         for mode, pipe in pipes.items():
             warm_up(pipe, texts[mode], latent, device)
-        seconds = {mode: [] for mode in pipes}
-        for _ in range(repeats):
-            for mode, pipe in pipes.items():
-                seconds[mode].append(run_stream(pipe, texts[mode], frames, latent, device))
+        seconds = interleaved({mode: (lambda pipe=pipe, mode=mode: run_stream(pipe, texts[mode], frames, latent,
+                                                                            device))
+                               for mode, pipe in pipes.items()}, repeats)
 
     rows = []
     ref = latents["none"].float()
     for mode in pipes:
+        if not isinstance(seconds[mode], list):  # this mode failed to run: say why, keep the others
+            rows.append(dict(mode=mode, error=f"{type(seconds[mode]).__name__}: {seconds[mode]}"[:400]))
+            continue
         diff = (latents[mode].float() - ref).abs()
         row = dict(mode=mode, torchao_config=None if mode == "none" else type(torchao_config(mode)).__name__,
                    quantized_linears=len(quantized_linears(models[mode])), latent_frames=frames,
                    latent_size=list(latent), repeats=repeats,
                    model=f"dim {arch.dim}, {arch.num_layers} layers, {arch.num_heads}x{arch.head_dim}",
                    latent_fps=spread([frames / t for t in seconds[mode]]),
-                   speedup_vs_none=spread([a / b for a, b in zip(seconds["none"], seconds[mode])]),
+                   speedup_vs_none=ratio(seconds["none"], seconds[mode]),
                    max_abs_diff=diff.max().item(), mean_abs_diff=diff.mean().item())
         if frames_px is not None:
             value = psnr(frames_px[mode], frames_px["none"])

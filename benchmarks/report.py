@@ -99,6 +99,21 @@ def decode_table(decode: dict) -> list[list[str]]:
     return table
 
 
+def quant_table(quant: dict) -> list[list[str]]:
+    from benchmarks.interleave import describe
+
+    table = [["quant (torchao)", "latent FPS", "vs none (min-max)", "x0 max |diff|", "x0 mean |diff|", "frames"]]
+    for r in quant.get("rows", []):
+        if "error" in r:
+            table.append([r["mode"], "failed: " + r["error"], "", "", "", ""])
+            continue
+        table.append([r["mode"], f"{r['latent_fps']['median']:.2f}", describe(r["speedup_vs_none"]),
+                      f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}", str(r["latent_frames"])])
+    for mode, why in quant.get("skipped", {}).items():
+        table.append([mode, "skipped: " + why[:80], "", "", "", ""])
+    return table
+
+
 def _text(table):
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
@@ -131,6 +146,8 @@ def console_table(results: dict) -> str:
         parts.append(_text(options_table(results["e2e_options"])))
     if results.get("decode", {}).get("decoders"):
         parts.append(_text(decode_table(results["decode"])))
+    if results.get("quant", {}).get("rows"):
+        parts.append(_text(quant_table(results["quant"])))
     warnings = [n for n in results.get("e2e_notes", []) if n.startswith("warning:")]
     if warnings:
         parts.append("\n".join(warnings))
@@ -150,6 +167,10 @@ def markdown(results: dict) -> str:
                   "Video frames per second (4 x latent - 3). Decode FPS: chunk by chunk, random weights. End to end: "
                   "one stream of the FLEX path (FLEX on, fastest options) at 5 s, three ways in turns: no decode, "
                   "decode after each chunk, decode in a worker thread during the next chunk."]
+    if results.get("quant", {}).get("rows"):
+        parts += ["## Quantised linear layers (flex.quant, torchao)", _markdown(quant_table(results["quant"])),
+                  "Eager FLEX path (FLEX on), the modes in turns; x0: the latents of one stream against the "
+                  "unquantised model's with the same noise."]
     if results.get("e2e_options"):
         parts += ["## Compile and CUDA-graph options of the FLEX path", _markdown(options_table(results["e2e_options"])),
                   "Warm-up: the seconds of a short first stream that compiles / captures every pass variant; "

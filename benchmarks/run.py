@@ -70,7 +70,8 @@ def reproduce_command(argv: list[str]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=("ops", "e2e", "all"), default="all", help="what to measure (default: all)")
+    p.add_argument("--suite", choices=("ops", "e2e", "quant", "all"), default="all",
+                   help="what to measure (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
     p.add_argument("--full", action="store_true",
                    help="the long horizons (up to 240 s) and the table of compile / CUDA-graph options; "
@@ -147,12 +148,14 @@ def main(argv=None) -> dict:
 
     results = dict(schema=SCHEMA_VERSION, machine=machine_info(device), dtype=str(dtype).replace("torch.", ""),
                    quick=args.quick, command=reproduce_command(argv if argv is not None else sys.argv[1:]),
-                   roofline={}, ops=[], e2e=[], e2e_options=[], e2e_notes=[], decode={})
+                   roofline={}, ops=[], e2e=[], e2e_options=[], e2e_notes=[], decode={}, quant={})
     steps = ["roofline"]  # every suite puts its rates next to the roofline of this run
     if args.suite in ("ops", "all"):
         steps += ["rope", "attention"]
     if args.suite in ("e2e", "all"):
         steps += ["e2e"]
+    if args.suite in ("quant", "all"):
+        steps += ["quant"]
     with tqdm(steps, desc="benchmarks", unit="suite") as bar:
         for step in bar:
             bar.set_postfix_str(step)
@@ -178,6 +181,13 @@ def main(argv=None) -> dict:
                                        paths=args.paths or e2e_suite.PATH_KEYS,
                                        options=not args.no_options and (full or args.quick), on_progress=save_e2e,
                                        matmul_tflops=results["roofline"]["matmul_tflops"]))
+            elif step == "quant":
+                from benchmarks import e2e_suite, quant_suite
+
+                # The quality stream is 30 s with --full (and on a GPU), 5 s by default on a CPU,
+                # where int8 with dynamic activations is slow without VNNI / AMX.
+                frames = None if full or args.quick else e2e_suite.latent_frames(5)
+                results["quant"] = quant_suite.run(device, dtype, args.quick, rounds, frames=frames)
             # Written after every step, so a run cut short keeps what it measured.
             report.write_all(results, out)
 

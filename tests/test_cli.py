@@ -407,3 +407,17 @@ def test_tiny_vae_needs_its_weights(assets, tmp_path, capsys, no_model_loading):
     assert "--vae-weights" in capsys.readouterr().err
     assert _run(assets, "--prompt", "a", "--vae-weights", str(tmp_path), "--out", str(tmp_path / "a.mp4")) == 2
     assert "needs vae tiny" in capsys.readouterr().err
+
+
+def test_quantised_generation(assets, tmp_path, capsys):
+    """--quant int8-weight: the video is made from a quantised DiT (logged), and is another video."""
+    pytest.importorskip("torchao")
+    out = tmp_path / "q.mp4"
+    assert _run(assets, "--prompt", "a cat", "--frames", "3", "--quant", "int8-weight", "--out", str(out)) == 0
+    assert "linear layers of the DiT to int8-weight" in capsys.readouterr().err
+    assert read_video(out).shape == (9, 64, 96, 3)
+
+
+def test_quant_rules_name_the_flag(assets, tmp_path, capsys, no_model_loading):
+    assert _run(assets, "--prompt", "a", "--quant", "fp8", "--out", str(tmp_path / "a.mp4")) == 2
+    assert "--quant" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from .generation import (
 from .generation import MODULATIONS, NOISES
 from .generation import latent_frames as _latent_frames
 from .pipeline import RECACHE_MODES
+from .quant import QUANT_MODES
 from .vae import VAES
 from .presets import MODEL_PRESETS, model_preset
 
@@ -204,6 +205,10 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
                           "frozen in and autotuned GEMMs (fastest on CPU); the first chunks pay the compile time")
     run.add_argument("--cuda-graphs", action="store_true", default=d(False),
                      help="capture each model pass in a CUDA graph and replay it (CUDA only)")
+    run.add_argument("--quant", choices=QUANT_MODES, default=default("quant"),
+                     help="quantise the DiT's attention-block linears through torchao: int8 (dynamic int8 "
+                          "activations x int8 weights), int8-weight (weight-only), fp8 (float8 rowwise, bf16 on "
+                          "Ada / Hopper GPUs); needs pip install torchao")
     run.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
     from .distributed.cli import add_arguments as add_distributed_arguments
 
@@ -342,7 +347,7 @@ def settings_from_args(args, explicit: set[str]) -> GenerationSettings:
             lora_alpha=args.lora_alpha, lora_scale=args.lora_scale, trust_checkpoint=args.trust_checkpoint,
             denoising_steps=denoising_steps(args.denoising_steps), backend=args.backend, dtype=args.dtype,
             device=args.device, compile=COMPILE_CHOICES[args.compile], cuda_graphs=args.cuda_graphs,
-            overwrite=args.overwrite, vae=args.vae, vae_weights=args.vae_weights,
+            overwrite=args.overwrite, vae=args.vae, vae_weights=args.vae_weights, quant=args.quant,
         )
     except SettingsError as err:
         raise _usage_error(err) from err

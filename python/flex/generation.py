@@ -328,6 +328,7 @@ class GenerationSettings:
     recache: str = "window"
     vae: str = "wan"
     vae_weights: str | None = None
+    quant: str = "none"
     backend: str = "auto"
     dtype: str = "bf16"
     device: str = "auto"
@@ -446,6 +447,12 @@ class GenerationSettings:
                         raise SettingsError("schedules", f"schedules (prompt {i}): {err}") from None
         device = resolve_device(self.device)
         check_step_options(device, self.flex, self.compile, self.cuda_graphs)
+        from .quant import check_quant
+
+        try:
+            check_quant(self.quant, device, getattr(__import__("torch"), DTYPES[self.dtype]), self.compile)
+        except ValueError as err:
+            raise SettingsError("quant", str(err)) from None
         outputs = output_paths(self.out, self.prompts)
         for folder in dict.fromkeys(p.parent for p in outputs):  # last: the cheap checks fail first
             check_writable_folder(folder)
@@ -520,6 +527,7 @@ class GenerationSettings:
             "schedule": None if self.schedules is None or self.schedules[i] is None else list(self.schedules[i]),
             "recache": self.recache,
             "vae": self.vae if self.vae == "wan" else {"tiny": _file_identity(self.vae_weights_path())},
+            "quant": self.quant,
             "backend": self.backend, "dtype": self.dtype, "device": self.torch_device.type,
             "compile": self.compile, "cuda_graphs": self.cuda_graphs,
             "video": {"fps": FPS, "crf": self.crf, "codec": "libx264", "threads": ENCODER_THREADS,
@@ -711,6 +719,11 @@ def generate_videos(
 
     # 3. DiT and VAE on the device.
     model = model.to(device=device, dtype=dtype)
+    if settings.quant != "none":
+        from .quant import quantize, quantized_linears
+
+        quantize(model, settings.quant)
+        log(f"quantised {len(quantized_linears(model))} linear layers of the DiT to {settings.quant} (torchao)")
     vae = load_decoder(settings.vae, settings.wan_dir, settings.vae_weights_path(), device, dtype) if write else None
     pipe = Pipeline(model, cfg, **preset.pipeline_kwargs(), backend=settings.backend,
                     compile=settings.compile, cuda_graphs=settings.cuda_graphs, parallel=parallel)

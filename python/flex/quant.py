@@ -59,13 +59,21 @@ def _torchao(mode: str):
     return tq
 
 
-def check_quant(mode: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> str:
+def check_quant(mode: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                compile=False) -> str:
     """The rules of ``quant`` (one home): a known mode, torchao importable, a device and a model
-    dtype the mode runs on. ``device`` / ``dtype`` None skip their checks. Returns the mode."""
+    dtype the mode runs on, and a compile option it compiles under. ``device`` / ``dtype`` None
+    skip their checks. Returns the mode."""
     check_choice("quant", mode, QUANT_MODES)
     if mode == "none":
         return mode
     _torchao(mode)
+    if (mode == "int8" and compile and dtype == torch.bfloat16 and device is not None
+            and torch.device(device).type == "cpu"):
+        # Inductor's CPU code for torchao's dynamic int8 activations in bf16 does not compile
+        # (torch 2.14, torchao 0.18: a duplicated declaration in the generated C++).
+        raise ValueError("quant='int8' with compile on a CPU needs float32 (bf16 does not compile there); "
+                         "use quant='int8-weight', dtype fp32, or compile off")
     if mode == "fp8" and device is not None:
         device = torch.device(device)
         if device.type != "cuda":

@@ -53,6 +53,10 @@ class Engine:
                             lora_alpha=settings.lora_alpha, lora_scale=settings.lora_scale,
                             trust_pickle=settings.trust_checkpoint)
         model = model.to(device=device, dtype=dtype)
+        if settings.quant != "none":
+            from ..quant import quantize
+
+            quantize(model, settings.quant)
         text_encoder = WanTextEncoder.from_pretrained(settings.wan_dir, device, dtype, text_len=model.config.text_len)
         vae = load_decoder(settings.vae, settings.wan_dir, settings.vae_weights_path(), device, dtype)
         pipe = Pipeline(model, settings.flex, denoising_steps=settings.denoising_steps, backend=settings.backend,
