@@ -102,15 +102,17 @@ def decode_table(decode: dict) -> list[list[str]]:
 def quant_table(quant: dict) -> list[list[str]]:
     from benchmarks.interleave import describe
 
-    table = [["quant (torchao)", "latent FPS", "vs none (min-max)", "x0 max |diff|", "x0 mean |diff|", "frames"]]
+    table = [["quant (torchao)", "latent FPS", "vs none (min-max)", "x0 max |diff|", "x0 mean |diff|",
+              "PSNR (tiny decoder)", "frames"]]
     for r in quant.get("rows", []):
         if "error" in r:
-            table.append([r["mode"], "failed: " + r["error"], "", "", "", ""])
+            table.append([r["mode"], "failed: " + r["error"], "", "", "", "", ""])
             continue
+        psnr = "-" if "psnr_db" not in r else "identical" if r["psnr_db"] is None else f"{r['psnr_db']:.1f} dB"
         table.append([r["mode"], f"{r['latent_fps']['median']:.2f}", describe(r["speedup_vs_none"]),
-                      f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}", str(r["latent_frames"])])
+                      f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}", psnr, str(r["latent_frames"])])
     for mode, why in quant.get("skipped", {}).items():
-        table.append([mode, "skipped: " + why[:80], "", "", "", ""])
+        table.append([mode, "skipped: " + why[:80], "", "", "", "", ""])
     return table
 
 

@@ -187,8 +187,11 @@ def main(argv=None) -> dict:
                 # The streams are 30 s with --full (and on a GPU); by default on a CPU 3 chunks and
                 # 2 rounds, as int8 with dynamic activations is ~10x slower without VNNI / AMX.
                 short = not (full or args.quick)
+                from benchmarks.decode_suite import decoders
+
+                tiny = decoders(device, dtype, quick=True)["tiny (TAEHV)"]  # PSNR of the decoded frames
                 results["quant"] = quant_suite.run(device, dtype, args.quick, min(rounds, 2) if short else rounds,
-                                                   frames=3 * e2e_suite.CHUNK if short else None)
+                                                   frames=3 * e2e_suite.CHUNK if short else None, decode=tiny.decode)
             # Written after every step, so a run cut short keeps what it measured.
             report.write_all(results, out)
 

@@ -103,12 +103,13 @@ class DecodeWorker:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if self._cancel.is_set() or self._error is not None:
+            if self._cancel.is_set():
                 continue
             try:
                 self._decode_one(*item)
             except BaseException as err:  # noqa: BLE001 -- handed to the main thread
-                self._error = err  # later chunks are skipped; the loop still ends at _STOP
+                self._error = err
+                self._cancel.set()  # later chunks are skipped; the loop still ends at _STOP
 
     def _decode_one(self, latents: torch.Tensor, event) -> None:
         with torch.no_grad():
