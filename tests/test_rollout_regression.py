@@ -1,10 +1,19 @@
-"""Streaming rollouts are bit-identical to the ones recorded before the library was restructured."""
+"""Streaming rollouts are bit-identical to the ones recorded before the library was restructured.
+
+Bit identity holds for the CPU kernels they were recorded with: torch's AVX512 code path
+(``torch.backends.cpu.get_cpu_capability()``). On a CPU where torch takes another path (AVX2,
+say), its GEMMs and reductions round differently, so the rollouts are compared to rounding
+tolerance there instead (float64 1e-12, float32 1e-5 of the largest value).
+"""
 import pytest
 import torch
 
 from rollout_cases import DATA, cases, run_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+RECORDED_CPU_CAPABILITY = "AVX512"
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +27,10 @@ def test_every_case_was_recorded(recorded):
 
 @pytest.mark.parametrize("cid,name,backend,dtype", cases(), ids=[c[0] for c in cases()])
 def test_rollout_is_bit_identical(recorded, cid, name, backend, dtype):
-    out = run_case(name, backend, dtype)
-    assert out.dtype == recorded[cid].dtype and out.shape == recorded[cid].shape
-    assert torch.equal(out, recorded[cid]), (out - recorded[cid]).abs().max().item()
+    out, want = run_case(name, backend, dtype), recorded[cid]
+    assert out.dtype == want.dtype and out.shape == want.shape
+    err = (out - want).abs().max().item()
+    if torch.backends.cpu.get_cpu_capability() == RECORDED_CPU_CAPABILITY:
+        assert torch.equal(out, want), err
+    else:  # another vector ISA: the same computation, rounded differently
+        assert err <= TOLERANCE[want.dtype] * want.abs().max().item(), err

@@ -447,10 +447,12 @@ class GenerationSettings:
                         raise SettingsError("schedules", f"schedules (prompt {i}): {err}") from None
         device = resolve_device(self.device)
         check_step_options(device, self.flex, self.compile, self.cuda_graphs)
+        import torch
+
         from .quant import check_quant
 
         try:
-            check_quant(self.quant, device, getattr(__import__("torch"), DTYPES[self.dtype]), self.compile)
+            check_quant(self.quant, device, getattr(torch, DTYPES[self.dtype]), self.compile)
         except ValueError as err:
             raise SettingsError("quant", str(err)) from None
         outputs = output_paths(self.out, self.prompts)
