@@ -14,6 +14,7 @@ system across nodes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Callable
@@ -123,23 +124,23 @@ def run_generate(settings, args=None, *, log: Callable[[str], None] | None = Non
                 on_video(result)
 
         results = []
-        if mine:
-            run = dict(log=rank_log if writer else (lambda msg: None), on_video=record if writer else None,
-                       indices=[item.index for item in mine], parallel=parallel, write=writer)
-            if launch.is_main and n_groups > 1:
-                with Progress(manifest, items, len(items) - len(todo), rank_log, progress_interval_s):
-                    results = generate_videos(settings, progress=False, **run)
-            else:
+        # Rank 0 shows every rank's progress until all have reached the end (the barrier).
+        shown = Progress(manifest, items, len(items) - len(todo), rank_log, progress_interval_s) \
+            if launch.is_main and n_groups > 1 else contextlib.nullcontext()
+        with shown:
+            if mine:
+                run = dict(log=rank_log if writer else (lambda msg: None), on_video=record if writer else None,
+                           indices=[item.index for item in mine], parallel=parallel, write=writer)
                 results = generate_videos(settings, progress=launch.is_main and n_groups == 1, **run)
-        # Meeting 2: the end. A rank that died makes it fail (gloo: its connection closed).
-        if joined:
-            try:
-                dist.barrier()
-            except RuntimeError as err:
-                if launch.is_main:
-                    raise RuntimeError(f"a rank did not finish its share ({err}); rerun the same command to "
-                                       f"make the missing videos (finished ones are kept)") from None
-                raise
+            # Meeting 2: the end. A rank that died makes it fail (gloo: its connection closed).
+            if joined:
+                try:
+                    dist.barrier()
+                except RuntimeError as err:
+                    if launch.is_main:
+                        raise RuntimeError(f"a rank did not finish its share ({err}); rerun the same command "
+                                           f"to make the missing videos (finished ones are kept)") from None
+                    raise
         if launch.is_main:
             done = len({i.key for i in items} & manifest.finished_keys())
             rank_log(f"{done}/{len(items)} videos finished")
