@@ -28,20 +28,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from . import ops
-from .checks import check_bool, check_choice, check_float, check_int
+from .checks import check_bool, check_choice, check_float
 from .cache import ModelKVCache, TextCache
 from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
 from .models.wan import CausalWanModel
 from .noise import ChunkNoise, GivenNoise, NoiseSource
-from .positions import ChunkPositions, PositionPolicy, chunk_positions, frame_positions
+from .positions import ChunkPositions, PositionPolicy, chunk_positions
 from .rope import Rope3D
 from .schedule import SELF_FORCING_STEPS, FlowMatchSchedule
+from .switching import RECACHE_MODES, ContextLatents, Stream, check_prompt_schedule, recache_resident
 
 DEFAULT_LATENT_SIZE = (60, 104)  # 480 x 832 video
 
@@ -243,7 +244,7 @@ class Pipeline:
             raise ValueError("noise is a NoiseSource: it draws every noise itself, so renoise and generator must be None")
         check_choice("recache", recache, RECACHE_MODES)
         first_name = "text" if text is not None else "prompts[0]"
-        text, schedule = self._schedule(text, prompts, num_frames)
+        text, schedule = check_prompt_schedule(text, prompts, num_frames)
         self.text_batch(text, first_name)
         batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
         if self.parallel is not None:
@@ -258,32 +259,6 @@ class Pipeline:
         stream = Stream(self, batch, recache)
         stream._chunks = self._stream(stream, text, schedule, num_frames, batch, h, w, source, callback, progress)
         return stream
-
-    def _schedule(self, text, prompts, num_frames):
-        """(first prompt, [(frame, prompt)] of the later switches), validated."""
-        if prompts is None:
-            if text is None:
-                raise ValueError("text must be given (or a prompts schedule starting at frame 0)")
-            return text, []
-        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
-            raise ValueError("prompts must be a non-empty list of (first_frame, text) pairs")
-        entries = []
-        for i, entry in enumerate(prompts):
-            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
-                raise ValueError(f"prompts[{i}] must be a (first_frame, text) pair, got {entry!r:.60}")
-            frame = check_int(f"prompts[{i}] first_frame", entry[0], 0, num_frames - 1 if isinstance(num_frames, int)
-                              and num_frames > 0 else None)
-            if entries and frame <= entries[-1][0]:
-                raise ValueError(f"prompts[{i}] first_frame {frame} must be after prompts[{i - 1}]'s "
-                                 f"{entries[-1][0]} (the schedule is sorted, one prompt per frame)")
-            entries.append((frame, entry[1]))
-        if text is None:
-            if entries[0][0] != 0:
-                raise ValueError(f"prompts[0] must start at frame 0 when text is None, got {entries[0][0]}")
-            return entries[0][1], entries[1:]
-        if entries[0][0] == 0:
-            raise ValueError("text and prompts[0] both give the prompt of frame 0: pass text=None")
-        return text, entries
 
     def generate(self, text, num_frames: int, latent_size=None, **kwargs) -> torch.Tensor:
         """All latents [B, num_frames, 16, H, W] (see :meth:`stream` for the arguments)."""
@@ -348,8 +323,8 @@ class Pipeline:
                         text_cache = new_text
                         if fixed:
                             step.set_text(new_text)
-                        self._recache(handle.recache, cache, step.text if fixed else text_cache, context, f0,
-                                      num_frames)
+                        recache_resident(self, handle.recache, cache, step.text if fixed else text_cache,
+                                         context, f0, num_frames)
                         handle.switches.append(f0)
                     if fixed:
                         step.set_chunk(f0, *self.chunk_positions(f0, n, num_frames))
@@ -378,26 +353,6 @@ class Pipeline:
             if bar is not None:
                 bar.close()
 
-    def _recache(self, mode: str, cache: ModelKVCache, text: TextCache, context: "ContextLatents", f0: int,
-                 num_frames: int) -> None:
-        """At a switch before chunk f0: recompute the K/V of the resident frames ``mode`` names
-        under the new prompt, in one pass at t = context_noise placed like the previous chunk's
-        clean pass (its RoPE thetas, shift and scale)."""
-        if mode == "none" or f0 == 0:
-            return
-        resident = cache.table.resident_frames()
-        frames = resident if mode == "all" else [f for f in resident if f >= cache.sink_frames]
-        if not frames:
-            return
-        n = self.config.chunk_frames
-        rope, shift, scale = self.chunk_positions(f0 - n, n, num_frames)
-        pos = frame_positions(rope, cache.table, torch.tensor(frames, device=cache.device), cache.grid_h,
-                              cache.grid_w, position_shift=shift, rotate_on_load=self.config.rotate_on_load,
-                              scale=scale, dtype=self.model.table_dtype)
-        x = context.latents(frames)
-        t = torch.full((x.shape[0], len(frames)), self.context_noise, device=x.device)
-        self.model.recache(x, t, text, cache, frames, pos, self.backend, **self._parallel_kw)
-
     def _denoise_chunk(self, run, x, f0, source: NoiseSource):
         """The 4 denoising passes and the clean pass of one chunk (``run(x, t)`` is one model
         pass over the chunk); returns its x0."""
@@ -416,70 +371,4 @@ class Pipeline:
         return x0
 
 
-RECACHE_MODES = ("window", "all", "none")
-"""What a prompt switch does to the cached K/V:
-
-* ``"window"`` (default): the resident window frames are recomputed under the new prompt; the
-  sink frames keep the K/V of the prompt they were generated with (LongLive with
-  ``global_sink``: its sink survives switches);
-* ``"all"``: every resident frame, the sink included, is recomputed under the new prompt;
-* ``"none"``: the cached K/V stay as they are; only the cross-attention K/V change.
-
-Recomputed frames run in one pass at t = context_noise, each attending to every resident
-frame, as LongLive's ``_recache_after_switch`` runs its last ``local_attn_size`` frames.
-"""
-
-
-class ContextLatents:
-    """The clean latents of the resident frames (the sink frames and the last window), kept
-    so that their K/V can be recomputed at a prompt switch."""
-
-    def __init__(self, sink_frames: int, window_frames: int):
-        self.sink_frames, self.window_frames = sink_frames, window_frames
-        self.frames: dict[int, torch.Tensor] = {}
-
-    def add(self, first_frame: int, x0: torch.Tensor) -> None:
-        """Record chunk x0 [B, n, ...] of frames [first_frame, +n); forget evicted frames."""
-        end = first_frame + x0.shape[1]
-        for i in range(x0.shape[1]):
-            self.frames[first_frame + i] = x0[:, i]
-        keep = end - self.window_frames
-        for f in [f for f in self.frames if self.sink_frames <= f < keep]:
-            del self.frames[f]
-
-    def latents(self, frames) -> torch.Tensor:
-        return torch.stack([self.frames[f] for f in frames], dim=1)
-
-
-class Stream:
-    """A running generation: iterate it for each chunk's latents; ``switch(text)`` changes the
-    prompt before the next chunk (its K/V are computed once, at the switch); ``close()`` stops."""
-
-    def __init__(self, pipeline: Pipeline, batch: int, recache: str):
-        self.pipeline, self.batch, self.recache = pipeline, batch, recache
-        self.switches: list[int] = []  # first frames of the chunks that started with a new prompt
-        self._pending = None
-        self._chunks: Iterator[torch.Tensor] | None = None
-
-    def __iter__(self) -> "Stream":
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        return next(self._chunks)
-
-    def switch(self, text: torch.Tensor | TextCache) -> None:
-        """Use ``text`` (embeddings [B, L, text_dim] or a TextCache) from the next chunk on."""
-        batch = self.pipeline.text_batch(text)
-        if batch != self.batch:
-            raise ValueError(f"text has batch {batch}, the stream has batch {self.batch}")
-        self._pending = self.pipeline.encode_prompt(text)
-
-    def _take_switch(self) -> TextCache | None:
-        text, self._pending = self._pending, None
-        return text
-
-    def close(self) -> None:
-        self._chunks.close()
-
-
-__all__ = ["ChunkInfo", "ContextLatents", "DEFAULT_LATENT_SIZE", "Pipeline", "RECACHE_MODES", "Stream"]
+__all__ = ["ChunkInfo", "ContextLatents", "DEFAULT_LATENT_SIZE", "Pipeline", "RECACHE_MODES", "Stream"]  # the last three: flex.switching
