@@ -3,11 +3,11 @@
 A user's video FPS is that of generation *and* decode. Measured here, side by side:
 
 * decode FPS (pixel frames per second, chunk by chunk) of the Wan2.1 VAE (diffusers'
-  ``AutoencoderKLWan``) and of the tiny TAEHV decoder (``flex.tiny_vae``), both with random
+  ``AutoencoderKLWan``) and of the tiny TAEHV decoder (``flex.decoders.tiny``), both with random
   weights (speed does not depend on their values);
 * for each decoder, one stream of the FLEX path three ways, in turns: diffusion only, decode
   after each chunk in the loop (sequential: the rate is the harmonic sum of the two), and
-  decode in a worker thread while the next chunk is generated (flex.decode_worker: the rate
+  decode in a worker thread while the next chunk is generated (flex.decoders.worker: the rate
   can approach min(diffusion FPS, decode FPS)). The target is overlapped >= 0.9 x that min.
 
 On a CPU both parts share the same cores, so overlap can only hide the decoder's idle time;
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from flex.decode_worker import DecodeWorker
+from flex.decoders.worker import DecodeWorker
 
 from .interleave import interleaved, ratio
 
@@ -29,8 +29,8 @@ CHUNK = 3
 
 def decoders(device, dtype, quick: bool) -> dict:
     """{label: decoder or a 'skipped: ...' note}: the Wan VAE (needs diffusers) and the tiny one."""
-    from flex.tiny_vae import TinyVAEDecoder, TinyWanDecoderNet
-    from flex.vae import WanVAEDecoder
+    from flex.decoders.tiny import TinyVAEDecoder, TinyWanDecoderNet
+    from flex.decoders import WanVAEDecoder
 
     out = {}
     try:
@@ -42,7 +42,7 @@ def decoders(device, dtype, quick: bool) -> dict:
     except ImportError as err:
         out["Wan VAE"] = f"skipped: diffusers not importable ({err})"
     torch.manual_seed(0)
-    tiny_dtype = torch.float32 if device.type == "cpu" else dtype  # flex.vae.load_decoder's rule
+    tiny_dtype = torch.float32 if device.type == "cpu" else dtype  # flex.decoders.load_decoder's rule
     out["tiny (TAEHV)"] = TinyVAEDecoder(TinyWanDecoderNet().to(device, tiny_dtype).eval().requires_grad_(False))
     return out
 

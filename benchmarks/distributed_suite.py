@@ -82,8 +82,8 @@ def worker(out_path: str, device_name: str, quick: bool) -> None:
     """One rank of the sequence-parallel run (started by torchrun)."""
     import torch.distributed as dist
 
-    from flex.distributed import ParallelPlan
-    from flex.distributed.launch import Launch, close_process_group, init_process_group, rank_device
+    from flex.sequence_parallel import ParallelPlan
+    from flex.jobs.distributed.launch import Launch, close_process_group, init_process_group, rank_device
 
     launch = Launch.from_env()
     device = rank_device(launch, device_name)

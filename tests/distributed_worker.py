@@ -7,7 +7,7 @@
 ``sequence OUT.pt``: every case of :data:`SEQUENCE_CASES` sequence parallel over the world;
 rank 0 saves {case: latents} (plus the heads its ring caches hold) to OUT.pt.
 
-``generate``: prompt-parallel flex.distributed.cli.run_generate of the GenerationSettings in a
+``generate``: prompt-parallel flex.jobs.distributed.job.run_generate of the GenerationSettings in a
 JSON file; with KILL_RANK, that rank kills itself (SIGKILL) while writing the first frames of
 its KILL_AT_VIDEO-th video (0-based), as a crashed GPU process would die ("-": nobody dies);
 SEQUENCE_PARALLEL is ``--sequence-parallel``.
@@ -67,8 +67,8 @@ def sequence_case(case: str, parallel=None, compiled: bool | None = None):
 def sequence(out_path) -> int:
     import torch.distributed as dist
 
-    from flex.distributed import ParallelPlan
-    from flex.distributed.launch import Launch, close_process_group, init_process_group
+    from flex.sequence_parallel import ParallelPlan
+    from flex.jobs.distributed.launch import Launch, close_process_group, init_process_group
 
     torch.set_num_threads(1)
     launch = Launch.from_env()
@@ -85,7 +85,7 @@ def sequence(out_path) -> int:
 
 def settings_from_json(path):
     from flex.config import FlexConfig
-    from flex.generation import GenerationSettings
+    from flex.jobs import GenerationSettings
 
     kw = json.loads(Path(path).read_text())
     kw["flex"] = FlexConfig(**kw.pop("flex", {}))
@@ -96,7 +96,7 @@ def settings_from_json(path):
 def kill_at(rank_to_kill: int, video: int) -> None:
     """SIGKILL this process on the first frame of its ``video``-th video, if it is ``rank_to_kill``."""
     from flex import video as video_module
-    from flex.distributed.launch import Launch
+    from flex.jobs.distributed.launch import Launch
 
     if Launch.from_env().rank != rank_to_kill:
         return
@@ -120,7 +120,7 @@ def kill_at(rank_to_kill: int, video: int) -> None:
 def generate(settings_path, kill_rank="-", kill_video="-", sequence_parallel="1") -> int:
     import argparse
 
-    from flex.distributed.cli import run_generate
+    from flex.jobs.distributed.job import run_generate
 
     torch.set_num_threads(1)
     if kill_rank != "-":

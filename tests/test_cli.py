@@ -83,7 +83,7 @@ def test_flex_config_from_flags():
     def cfg(*argv):
         argv = ["generate", "--dit", "x", "--wan-dir", "y", "--prompt", "p", *argv]
         args = cli.build_parser().parse_args(argv)
-        return cli.flex_config(args, cli._explicit(argv))
+        return cli.flex_config(args, cli.explicit_flags(argv))
 
     c = cfg()
     assert (c.strategy, c.alpha, c.beta, c.l_train, c.rho, c.sink_frames, c.window_frames) == \
@@ -200,10 +200,10 @@ def test_mismatched_checkpoint(assets, tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
-    import flex.vae
+    import flex.decoders.wan_vae
 
     calls = {"n": 0}
-    real = flex.vae.DecodeStream.decode
+    real = flex.decoders.wan_vae.DecodeStream.decode
 
     def flaky(self, latents):
         calls["n"] += 1
@@ -211,7 +211,7 @@ def test_interrupted_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(self, latents)
 
-    monkeypatch.setattr(flex.vae.DecodeStream, "decode", flaky)
+    monkeypatch.setattr(flex.decoders.wan_vae.DecodeStream, "decode", flaky)
     out = tmp_path / "cut.mp4"
     assert _run(assets, "--prompt", "a cat", "--frames", "6", "--out", str(out)) == 130
     assert not out.exists() and _parts(tmp_path) == []
@@ -347,10 +347,10 @@ def test_stale_part_of_a_killed_run_is_removed(assets, tmp_path, capsys):
 def test_terminated_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
     import signal
 
-    import flex.vae
+    import flex.decoders.wan_vae
 
     calls = {"n": 0}
-    real = flex.vae.DecodeStream.decode
+    real = flex.decoders.wan_vae.DecodeStream.decode
 
     def terminated_midway(self, latents):
         calls["n"] += 1
@@ -358,7 +358,7 @@ def test_terminated_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(self, latents)
 
-    monkeypatch.setattr(flex.vae.DecodeStream, "decode", terminated_midway)
+    monkeypatch.setattr(flex.decoders.wan_vae.DecodeStream, "decode", terminated_midway)
     out = tmp_path / "cut.mp4"
     previous = signal.getsignal(signal.SIGTERM)
     assert _run(assets, "--prompt", "a cat", "--frames", "6", "--out", str(out)) == 143
@@ -373,11 +373,11 @@ def test_terminated_run_leaves_no_video(assets, tmp_path, monkeypatch, capsys):
 def test_tiny_vae_decodes_the_generated_latents(assets, tmp_path):
     """--vae tiny: the video is the TAEHV decoding of the same latents the Wan VAE run decodes."""
     from flex.config import FlexConfig
-    from flex.generation import GenerationSettings
+    from flex.jobs import GenerationSettings
     from flex.loading import load_dit
     from flex.pipeline import Pipeline
     from flex.text import WanTextEncoder
-    from flex.tiny_vae import TinyVAEDecoder, TinyWanDecoderNet
+    from flex.decoders.tiny import TinyVAEDecoder, TinyWanDecoderNet
 
     torch.manual_seed(3)
     net = TinyWanDecoderNet()

@@ -22,24 +22,24 @@ def _offline(monkeypatch):
 
 def settings(*args):
     argv = ["generate", "--dit", "x", "--wan-dir", "y", "--prompt", "p", *args]
-    return cli.build_parser().parse_args(argv), cli._explicit(argv)
+    return cli.build_parser().parse_args(argv), cli.explicit_flags(argv)
 
 
 def test_model_presets_set_schedule_and_flex(assets, tmp_path):
     base = ["--dit", str(assets["dit"]), "--wan-dir", str(assets["wan"]), "--out", str(tmp_path / "a.mp4")]
     argv = ["generate", *base, "--prompt", "p", "--model", "causvid"]
-    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli._explicit(argv))
+    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli.explicit_flags(argv))
     p = s.model_preset
     assert (p.denoising_steps, p.warp_denoising_step, p.shift) == ((1000, 757, 522), False, 8.0)
     assert s.flex.l_train == 21 and s.flex.sink_frames == 3
     argv = ["generate", *base, "--prompt", "p", "--model", "longlive", "--no-flex"]
-    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli._explicit(argv))
+    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli.explicit_flags(argv))
     assert (s.flex.strategy, s.flex.sink_frames, s.flex.window_frames) == ("none", 3, 9)
     argv = ["generate", *base, "--prompt", "p", "--model", "longlive", "--sink-frames", "1"]
-    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli._explicit(argv))
+    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli.explicit_flags(argv))
     assert (s.flex.l_train, s.flex.alpha, s.flex.beta, s.flex.sink_frames) == (240, 1.0, 15.0, 1)
     argv = ["generate", *base, "--prompt", "p", "--no-warp", "--shift", "8", "--denoising-steps", "1000,757,522"]
-    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli._explicit(argv))
+    s = cli.settings_from_args(cli.build_parser().parse_args(argv), cli.explicit_flags(argv))
     assert s.model_preset.schedule()[0] == [1000.0, 757.0, 522.0]
 
 

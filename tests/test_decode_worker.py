@@ -1,11 +1,11 @@
-"""flex.decode_worker: decoding in a worker thread gives the frames of decoding in the loop, in
+"""flex.decoders.worker: decoding in a worker thread gives the frames of decoding in the loop, in
 order; the worker's errors reach the caller; an interrupted caller decodes nothing more."""
 import threading
 
 import pytest
 import torch
 
-from flex.decode_worker import DecodeWorker
+from flex.decoders.worker import DecodeWorker
 
 
 class FakeDecoder:

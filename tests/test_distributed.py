@@ -1,4 +1,4 @@
-"""flex.distributed on the CPU (gloo): sequence-parallel latents equal single-process latents,
+"""flex.jobs.distributed and flex.sequence_parallel on the CPU (gloo): sequence-parallel latents equal single-process latents,
 prompt-parallel batches equal a one-rank run, and a killed rank loses only its current video.
 
 The multi-process runs are started by the tests, with torchrun (``python -m
@@ -17,10 +17,10 @@ import torch
 
 from distributed_worker import SEQUENCE_CASES, sequence_case
 from tiny_assets import make_dit_checkpoint, make_wan_dir
-from flex.distributed import ParallelPlan
-from flex.distributed.launch import Launch, rank_device, sequence_groups
-from flex.distributed.work import Manifest, WorkItem, pending_items, share
-from flex.generation import GenerationSettings, generate_videos
+from flex.sequence_parallel import ParallelPlan
+from flex.jobs.distributed.launch import Launch, rank_device, sequence_groups
+from flex.jobs.distributed.work import Manifest, WorkItem, pending_items, share
+from flex.jobs import GenerationSettings, generate_videos
 from flex.models.wan import CausalWanModel
 from flex.pipeline import Pipeline
 
@@ -70,9 +70,9 @@ def test_sequence_parallel_size_must_divide_heads_and_frame_tokens():
     model = CausalWanModel("tiny")  # 2 heads
     with pytest.raises(ValueError, match="sequence parallel size 3 must divide the model's 2 heads"):
         Pipeline(model, parallel=ParallelPlan(3, 0))
-    with pytest.raises(ValueError, match="parallel must be a flex.distributed.ParallelPlan"):
+    with pytest.raises(ValueError, match="parallel must be a flex.sequence_parallel.ParallelPlan"):
         Pipeline(model, parallel=2)
-    from flex.distributed.sequence import check_parallel
+    from flex.sequence_parallel import check_parallel
 
     with pytest.raises(ValueError, match="sequence parallel does not run under cuda_graphs"):
         check_parallel(ParallelPlan(2, 0), model, cuda_graphs=True)  # Pipeline checks the device first
@@ -182,7 +182,7 @@ def test_killed_rank_loses_only_its_current_video(assets, tmp_path):
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.mp4")}
 
     # The rerun, with another number of ranks (one), makes video 3 only.
-    from flex.distributed.cli import run_generate
+    from flex.jobs.distributed.job import run_generate
 
     settings = GenerationSettings(**{**assets["settings"], "prompts": PROMPTS, "out": str(out)})
     results = run_generate(settings, progress_interval_s=0.5)
@@ -228,8 +228,9 @@ def test_sequence_parallel_job_makes_the_videos_of_one_rank(assets, tmp_path):
 def test_cli_arguments_and_sequence_parallel_rules(monkeypatch):
     import argparse
 
-    from flex.distributed.cli import add_arguments, check_sequence_parallel, wants_distributed
-    from flex.generation import SettingsError
+    from flex.cli.args import add_parallel_arguments as add_arguments
+    from flex.errors import SettingsError
+    from flex.jobs.distributed.job import check_sequence_parallel, wants_distributed
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -177,7 +177,7 @@ def test_mp4_file_is_streamed_in_segments(tmp_path):
 def _parse(argv):
     import argparse
 
-    from flex.evaluate import cli
+    from flex.cli import evaluate as cli
 
     parser = argparse.ArgumentParser(prog="flex")
     sub = parser.add_subparsers(dest="command")

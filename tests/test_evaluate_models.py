@@ -251,7 +251,7 @@ def test_imaging_quality_end_to_end(tmp_path):
 def test_cli_evaluates_model_metrics_from_the_weights_folder(weights_dir, tmp_path, monkeypatch):
     import argparse
 
-    from flex.evaluate import cli
+    from flex.cli import evaluate as cli
     from flex.video import write_video
 
     write_video(tmp_path / "v.mp4", _frames(8, h=48, w=64, static=True), fps=16)

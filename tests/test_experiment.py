@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("flex.generation")
+pytest.importorskip("flex.jobs")
 
 from tiny_assets import make_dit_checkpoint, make_wan_dir  # noqa: E402
 
-from flex.evaluate.experiment import ExperimentError, load_experiment  # noqa: E402
+from flex.jobs.experiment import ExperimentError, load_experiment  # noqa: E402
 
 PROMPTS = "a red car in the city\na dog runs on the beach\n"
 
@@ -85,7 +85,7 @@ def _mp4s(root: Path) -> dict:
 def _cli(argv):
     import argparse
 
-    from flex.evaluate import cli
+    from flex.cli import evaluate as cli
 
     parser = argparse.ArgumentParser(prog="flex")
     cli.add_parser(parser.add_subparsers(dest="command"))
@@ -95,7 +95,7 @@ def _cli(argv):
 def test_killed_experiment_resumes_without_regenerating(tmp_path, assets, capsys):
     config = write_config(tmp_path, assets)
     runs = tmp_path / "runs"
-    code = ("import sys, argparse; from flex.evaluate import cli; p = argparse.ArgumentParser(); "
+    code = ("import sys, argparse; from flex.cli import evaluate as cli; p = argparse.ArgumentParser(); "
             "cli.add_parser(p.add_subparsers(dest='command')); "
             f"sys.exit(cli.run(p.parse_args(['experiment', {str(config)!r}, '--no-progress'])))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

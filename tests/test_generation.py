@@ -1,4 +1,4 @@
-"""flex.generation: settings checked before any model loads, the job from Python, resume and clean-up."""
+"""flex.jobs (the generation job): settings checked before any model loads, the job from Python, resume and clean-up."""
 import os
 import sys
 import threading
@@ -8,7 +8,7 @@ import pytest
 
 from tiny_assets import forbid_network, make_dit_checkpoint, make_wan_dir
 from flex.config import FlexConfig
-from flex.generation import (
+from flex.jobs import (
     MAX_LATENT_FRAMES, GenerationSettings, SettingsError, VideoResult, generate_videos, read_prompt_file,
 )
 from flex.video import read_comment, read_video
@@ -272,7 +272,7 @@ def test_a_share_of_the_prompts(assets, tmp_path):
 def test_sigterm_becomes_terminated_only_inside(monkeypatch):
     import signal
 
-    from flex.generation import Terminated, terminate_as_interrupt
+    from flex.jobs import Terminated, terminate_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated):

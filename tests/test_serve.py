@@ -15,8 +15,8 @@ import websockets.sync.client as websockets_sync
 from PIL import Image
 
 from tiny_assets import make_dit_checkpoint, make_wan_dir
-from flex.cli import CliError
-from flex.serve import cli as serve_cli
+from flex.cli.common import CliError
+from flex.cli import serve as serve_cli
 from flex.serve.protocol import MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, RequestError, parse_command
 from flex.video import read_video
 

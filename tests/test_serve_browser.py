@@ -9,7 +9,7 @@ import pytest
 
 from test_serve import serve_args  # noqa: F401  (the same tiny-model server arguments)
 from tiny_assets import make_dit_checkpoint, make_wan_dir
-from flex.serve import cli as serve_cli
+from flex.cli import serve as serve_cli
 
 CHROMIUM = os.environ.get("FLEX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = os.environ.get("FLEX_CHROMEDRIVER") or shutil.which("chromedriver")

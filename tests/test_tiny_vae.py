@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flex.loading import CheckpointError
-from flex.tiny_vae import TinyVAEDecoder, TinyWanDecoderNet, load_tiny_vae_net
+from flex.decoders.tiny import TinyVAEDecoder, TinyWanDecoderNet, load_tiny_vae_net
 
 H, W = 4, 6  # latent size: 32 x 48 pixels, fast
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flex.video import VideoWriter, read_comment, read_video, remove_stale_parts, write_video
-from flex.vae import WanVAEDecoder, pixel_frames
+from flex.decoders import WanVAEDecoder, pixel_frames
 
 
 def _frames(t, h=48, w=64, seed=0):

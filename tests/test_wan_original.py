@@ -22,7 +22,7 @@ from flex.loading import CheckpointError, check_wan_dir, load_dit, load_wan_t5, 
 from flex.loading.wan_t5 import umt5_config, wan_t5_to_umt5
 from flex.loading.wan_vae import LATENTS_MEAN, LATENTS_STD, vae_config, wan_vae_to_diffusers
 from flex.text import WanTextEncoder
-from flex.vae import WanVAEDecoder
+from flex.decoders import WanVAEDecoder
 
 FP32 = dict(atol=1e-5, rtol=1e-5)
 

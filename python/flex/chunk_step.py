@@ -40,6 +40,7 @@ from .config import FlexConfig
 from .models.wan import CausalWanModel
 from .positions import ChunkPositions, chunk_positions
 from .rope import Rope3D, axis_planes
+from .errors import SettingsError
 
 
 COMPILE_MODES = {
@@ -64,21 +65,21 @@ def compile_options(compile) -> dict | None:
         return dict(COMPILE_MODES[compile])
     if isinstance(compile, str) or callable(compile):
         return dict(backend=compile)
-    raise ValueError(f"compile must be a bool, 'frozen', a torch.compile backend name or a backend callable, "
-                     f"got {compile!r}")
+    raise SettingsError("compile", f"must be a bool, 'frozen', a torch.compile backend name or a backend callable, "
+                                   f"got {compile!r}")
 
 
 def check_step_options(device, config: FlexConfig, compile, cuda_graphs) -> dict | None:
     """Validate the compile / cuda_graphs options for a model on ``device`` with this config;
     returns the torch.compile kwargs (None when compile is off)."""
     if not isinstance(cuda_graphs, bool):
-        raise ValueError(f"cuda_graphs must be a bool, got {cuda_graphs!r}")
+        raise SettingsError("cuda_graphs", f"must be a bool, got {cuda_graphs!r}")
     if cuda_graphs and torch.device(device).type != "cuda":
-        raise ValueError(f"cuda_graphs needs a CUDA device, got device {str(device)!r}")
+        raise SettingsError("cuda_graphs", f"needs a CUDA device, got device {str(device)!r}")
     compile_kwargs = compile_options(compile)
     if (compile_kwargs is not None or cuda_graphs) and config.dynamic and config.strategy == "yarn":
-        raise ValueError("compile / cuda_graphs need a fixed softmax scale, but YaRN with dynamic=True changes it "
-                         "every chunk: use dynamic=False or another strategy")
+        raise SettingsError(("compile", "cuda_graphs"), "need a fixed softmax scale, but YaRN with dynamic=True "
+                            "changes it every chunk: use dynamic=False or another strategy")
     return compile_kwargs
 
 
@@ -105,7 +106,7 @@ class ChunkStep:
         compile_kwargs = check_step_options(model.device, config, compile, cuda_graphs)
         self.model, self.config = model, config
         self.batch, self.grid_h, self.grid_w = batch, grid_h, grid_w
-        self.parallel = parallel  # sequence parallel (flex.distributed.ParallelPlan): this rank's heads
+        self.parallel = parallel  # sequence parallel (flex.sequence_parallel.ParallelPlan): this rank's heads
         dev = model.device
         self.cache = model.new_cache(batch, grid_h, grid_w, config.sink_frames, config.window_frames,
                                      parallel=parallel)

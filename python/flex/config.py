@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 
 from .checks import check_bool, check_choice, check_float, check_int
 from .rope import STRATEGIES, check_base, check_gate
+from .errors import SettingsError
 
 POSITION_POLICIES = ("absolute", "window")
 
@@ -51,10 +52,8 @@ class FlexConfig:
         check_int("sink_frames", self.sink_frames, 0)
         check_int("window_frames", self.window_frames, 0)
         if self.window_frames < self.chunk_frames:
-            raise ValueError(
-                f"window_frames must be >= chunk_frames ({self.chunk_frames}) so the current "
-                f"chunk fits in the window, got {self.window_frames!r}"
-            )
+            raise SettingsError("window_frames", f"must be >= chunk_frames ({self.chunk_frames}) so the current "
+                                                 f"chunk fits in the window, got {self.window_frames!r}")
         check_choice("position_policy", self.position_policy, POSITION_POLICIES)
         check_base(self.rope_base, "rope_base")
 

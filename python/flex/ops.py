@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 import torch
 
 from .checks import INT64_MAX, check_bool, check_float, check_int
+from .errors import SettingsError
 
 BACKENDS = ("reference", "cpp", "cuda", "triton", "sdpa", "flash")
 AUTO_ORDER = {
@@ -154,7 +155,7 @@ def backend_per_op(backend) -> dict[str, str]:
     allowed = ("auto",) + BACKENDS
     if isinstance(backend, str):
         if backend not in allowed:
-            raise ValueError(f"backend must be one of {allowed} or a dict {{op: backend}}, got {backend!r}")
+            raise SettingsError("backend", f"must be one of {allowed} or a dict {{op: backend}}, got {backend!r}")
         usable = available_backends() if backend != "auto" else []
         out = {}
         for op in PASS_OPS:
@@ -166,12 +167,12 @@ def backend_per_op(backend) -> dict[str, str]:
     if isinstance(backend, Mapping):
         unknown = set(backend) - set(PASS_OPS)
         if unknown:
-            raise ValueError(f"backend keys must be among {PASS_OPS}, got {sorted(unknown)}")
+            raise SettingsError("backend", f"keys must be among {PASS_OPS}, got {sorted(unknown)}")
         for op, name in backend.items():
             if name not in allowed:
-                raise ValueError(f"backend[{op!r}] must be one of {allowed}, got {name!r}")
+                raise SettingsError("backend", f"[{op!r}] must be one of {allowed}, got {name!r}")
         return {op: backend.get(op, "auto") for op in PASS_OPS}
-    raise ValueError(f"backend must be a str or a dict {{op: backend}}, got {type(backend).__name__}")
+    raise SettingsError("backend", f"must be a str or a dict {{op: backend}}, got {type(backend).__name__}")
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class Pipeline:
             in (fastest on CPU; weights changed later are not seen); or a backend name/callable.
         cuda_graphs: capture each pass in a CUDA graph and replay it (CUDA models only);
             combines with ``compile``.
-        parallel: a :class:`flex.distributed.ParallelPlan` to run every stream sequence parallel
+        parallel: a :class:`flex.sequence_parallel.ParallelPlan` to run every stream sequence parallel
             over its process group (each rank calls the same stream with the same prompt and
             noise; each gets the whole latents); None (default) runs in this process alone.
     """
@@ -111,8 +111,8 @@ class Pipeline:
         check_bool("warp_denoising_step", warp_denoising_step)
         ops.backend_per_op(backend)  # validates the name(s) now
         check_step_options(model.device, config, compile, cuda_graphs)
-        if parallel is not None:  # sequence parallel (flex.distributed): rules checked once here
-            from .distributed.sequence import check_parallel
+        if parallel is not None:  # sequence parallel: rules checked once here
+            from .sequence_parallel import check_parallel
             check_parallel(parallel, model, compile, cuda_graphs)
         self.parallel = parallel
         # Passed on to the model only when set: models with the single-process signature still work.

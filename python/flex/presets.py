@@ -48,6 +48,7 @@ from .checks import check_bool, check_choice, check_float, check_int
 from .config import FlexConfig
 from .models.config import WAN_PRESETS
 from .schedule import FlowMatchSchedule
+from .errors import SettingsError
 
 # Checkpoint entry each model's inference reads; None: the file is a bare state dict.
 WEIGHT_ENTRIES = ("generator_ema", "generator", None)
@@ -89,17 +90,17 @@ class ModelPreset:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+            raise SettingsError("name", f"must be a non-empty string, got {self.name!r}")
         check_choice("architecture", self.architecture, WAN_PRESETS)
         if isinstance(self.denoising_steps, (str, bytes)) or not hasattr(self.denoising_steps, "__iter__"):
-            raise ValueError(f"denoising_steps must be a sequence of numbers, got {self.denoising_steps!r}")
+            raise SettingsError("denoising_steps", f"must be a sequence of numbers, got {self.denoising_steps!r}")
         object.__setattr__(self, "denoising_steps", tuple(self.denoising_steps))
         check_bool("warp_denoising_step", self.warp_denoising_step)
         check_float("shift", self.shift, 0.0, low_open=True)
         check_float("context_noise", self.context_noise, 0.0, 1000.0)
         self.schedule()  # validates the step list against the table (ValueError naming denoising_steps)
         if self.weights not in WEIGHT_ENTRIES:
-            raise ValueError(f"weights must be one of {WEIGHT_ENTRIES}, got {self.weights!r}")
+            raise SettingsError("weights", f"must be one of {WEIGHT_ENTRIES}, got {self.weights!r}")
         for name in ("flex", "baseline"):
             if not isinstance(getattr(self, name), FlexConfig):
                 raise ValueError(f"{name} must be a FlexConfig, got {type(getattr(self, name)).__name__}")

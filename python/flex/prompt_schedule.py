@@ -28,11 +28,14 @@ class ScheduleError(ValueError):
     """A schedule that cannot be used; the message names the line / entry."""
 
 
-def check_schedule(entries, where: str = "schedule") -> Schedule:
-    """Validate (seconds, prompt) pairs: finite, >= 0, strictly increasing, first at 0, texts non-empty."""
+def check_schedule(entries, where: str = "schedule", places=None) -> Schedule:
+    """Validate (seconds, prompt) pairs: finite, >= 0, strictly increasing, first at 0, texts non-empty.
+
+    ``places[k]`` names entry k in messages (e.g. "line 7" of a file); default "entry k+1"."""
+    places = [f"entry {k + 1}" for k in range(len(entries))] if places is None else list(places)
     out = []
     for k, (seconds, prompt) in enumerate(entries):
-        at = f"{where}, entry {k + 1}"
+        at = f"{where}, {places[k]}"
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
                 or seconds < 0:
             raise ScheduleError(f"{at}: the time must be a finite number of seconds >= 0, got {seconds!r}")
@@ -45,7 +48,7 @@ def check_schedule(entries, where: str = "schedule") -> Schedule:
     if not out:
         raise ScheduleError(f"{where}: no prompts")
     if out[0][0] != 0:
-        raise ScheduleError(f"{where}, entry 1: the first prompt must start at 0 s, got {out[0][0]:g} s")
+        raise ScheduleError(f"{where}, {places[0]}: the first prompt must start at 0 s, got {out[0][0]:g} s")
     return tuple(out)
 
 
@@ -75,14 +78,7 @@ def parse_schedule(text: str, where: str = "schedule") -> Schedule:
             raise ScheduleError(f"{where}, line {number}: expected 'SECONDS: prompt', got {line.strip()!r:.60}")
         entries.append((float(match.group(1)), match.group(2)))
         lines.append(number)
-    try:
-        return check_schedule(entries, where)
-    except ScheduleError as err:
-        found = re.search(r"entry (\d+)", str(err))
-        if found:  # name the file's line, not the entry's index
-            k = int(found.group(1)) - 1
-            raise ScheduleError(str(err).replace(f"entry {k + 1}", f"line {lines[k]}", 1)) from None
-        raise
+    return check_schedule(entries, where, [f"line {n}" for n in lines])  # name the file's lines
 
 
 def parse_inline(line: str, where: str) -> Schedule | None:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .checks import check_choice
+from .errors import SettingsError
 from .models.wan import CausalWanModel
 
 QUANT_MODES = ("none", "int8", "int8-weight", "fp8")
@@ -50,11 +51,16 @@ QUANT_DTYPES = {
 FP8_MIN_CAPABILITY = (8, 9)  # float8 tensor cores: Ada (sm_89) and Hopper (sm_90)
 
 
+def _refused(sentence: str) -> SettingsError:
+    """The error of a quant setting that cannot run here (the sentence names the mode)."""
+    return SettingsError("quant", sentence, leads=False)
+
+
 def _torchao(mode: str):
     try:
         import torchao.quantization as tq
     except ImportError as err:
-        raise ValueError(f"quant={mode!r} needs torchao: pip install torchao "
+        raise _refused(f"quant={mode!r} needs torchao: pip install torchao "
                          f"(or pip install 'flex-video[quant]'); importing it failed: {err}") from None
     return tq
 
@@ -72,23 +78,23 @@ def check_quant(mode: str, device: torch.device | str | None = None, dtype: torc
             and torch.device(device).type == "cpu"):
         # Inductor's CPU code for torchao's dynamic int8 activations in bf16 does not compile
         # (torch 2.14, torchao 0.18: a duplicated declaration in the generated C++).
-        raise ValueError("quant='int8' with compile on a CPU needs float32 (bf16 does not compile there); "
+        raise _refused("quant='int8' with compile on a CPU needs float32 (bf16 does not compile there); "
                          "use quant='int8-weight', dtype fp32, or compile off")
     if mode == "fp8" and device is not None:
         device = torch.device(device)
         if device.type != "cuda":
-            raise ValueError(f"quant='fp8' needs a CUDA GPU with compute capability >= 8.9 (Ada, Hopper), "
+            raise _refused(f"quant='fp8' needs a CUDA GPU with compute capability >= 8.9 (Ada, Hopper), "
                              f"got device {str(device)!r}; use quant='int8' or 'int8-weight' on a CPU")
         if not torch.cuda.is_available():
-            raise ValueError("quant='fp8' needs a CUDA GPU, but torch sees none")
+            raise _refused("quant='fp8' needs a CUDA GPU, but torch sees none")
         capability = torch.cuda.get_device_capability(device)
         if capability < FP8_MIN_CAPABILITY:
-            raise ValueError(f"quant='fp8' needs compute capability >= 8.9 (Ada, Hopper), "
+            raise _refused(f"quant='fp8' needs compute capability >= 8.9 (Ada, Hopper), "
                              f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}; "
                              f"use quant='int8' or 'int8-weight'")
     if dtype is not None and dtype not in QUANT_DTYPES[mode]:
         allowed = ", ".join(str(d).replace("torch.", "") for d in QUANT_DTYPES[mode])
-        raise ValueError(f"quant={mode!r} needs a model dtype in ({allowed}), got {str(dtype).replace('torch.', '')}")
+        raise _refused(f"quant={mode!r} needs a model dtype in ({allowed}), got {str(dtype).replace('torch.', '')}")
     return mode
 
 

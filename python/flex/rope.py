@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .checks import check_choice, check_float, check_int
+from .errors import SettingsError
 
 STRATEGIES = ("none", "flex", "pi", "ntk", "yarn", "riflex")
 
@@ -40,7 +41,8 @@ def check_gate(alpha, beta) -> tuple[float, float]:
     alpha = check_float("alpha", alpha, 0.0)
     beta = check_float("beta", beta)
     if not alpha < beta:
-        raise ValueError(f"alpha must be < beta, got alpha={alpha!r}, beta={beta!r}")
+        raise SettingsError(("alpha", "beta"), f"alpha must be < beta, got alpha={alpha!r}, beta={beta!r}",
+                            leads=False)
     return alpha, beta
 
 
@@ -108,7 +110,7 @@ def temporal_thetas(
     # riflex: only the intrinsic-frequency plane is slowed so it does not repeat within L.
     k = riflex_intrinsic_plane(theta, l_train) if riflex_plane is None else riflex_plane
     if not 0 <= k < planes:
-        raise ValueError(f"riflex_plane must be in [0, {planes}), got {k!r}")
+        raise SettingsError("riflex_plane", f"must be in [0, {planes}), got {k!r}")
     out = theta.clone()
     out[k] = 0.9 * 2 * math.pi / length
     return out

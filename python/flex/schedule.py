@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from .checks import check_float, check_int
+from .errors import SettingsError
 
 SELF_FORCING_STEPS = (1000, 750, 500, 250)
 
@@ -43,9 +44,8 @@ class FlowMatchSchedule:
         for s in steps:
             check_float("denoising_steps", s)
             if float(s) != int(s) or not 0 <= int(s) <= self.num_train_timesteps:
-                raise ValueError(
-                    f"denoising_steps must be ints in [0, {self.num_train_timesteps}] when warped, got {s!r}"
-                )
+                raise SettingsError("denoising_steps",
+                                    f"must be ints in [0, {self.num_train_timesteps}] when warped, got {s!r}")
             out.append(float(table[self.num_train_timesteps - int(s)]))
         return out
 
@@ -60,7 +60,7 @@ class FlowMatchSchedule:
         """(timesteps, sigmas) of a denoising step list, both Python float lists."""
         steps = list(steps)
         if not steps:
-            raise ValueError("denoising_steps must not be empty")
+            raise SettingsError("denoising_steps", "must not be empty")
         for s in steps:
             check_float("denoising_steps", s, 0.0, float(self.num_train_timesteps), low_open=True)
         ts = self.warp(steps) if warp else [float(torch.tensor(float(s), dtype=torch.float32)) for s in steps]

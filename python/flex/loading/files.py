@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from .errors import SHOW, CheckpointError, short
+from .formats import PT_SUFFIXES
 from .keys import to_wan_names
 from .krea import krea_weights_file
 
-PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 GENERATOR_KEYS = ("generator_ema", "generator")
 OTHER_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "ema")
 CONFIG_NAME = "config.json"

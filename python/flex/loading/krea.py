@@ -30,6 +30,7 @@ import torch
 
 from .architecture import check_state_dict, resolve_config
 from .errors import CheckpointError
+from .formats import PT_SUFFIXES, SAFETENSORS_SUFFIX
 from .keys import to_wan_names
 
 KREA_FILE = "krea-realtime-video-14b.safetensors"
@@ -49,14 +50,12 @@ def krea_weights_file(folder) -> Path | None:
 
     Raises :class:`CheckpointError` when other weight files lie next to it (which one is meant?).
     """
-    from .files import PT_SUFFIXES
-
     folder = Path(folder)
     single = folder / KREA_FILE
     if not single.is_file():
         return None
     others = sorted(p.name for p in folder.iterdir()
-                    if p.is_file() and p.name != KREA_FILE and p.suffix in (".safetensors", *PT_SUFFIXES))
+                    if p.is_file() and p.name != KREA_FILE and p.suffix in (SAFETENSORS_SUFFIX, *PT_SUFFIXES))
     if others:
         raise CheckpointError(
             f"{str(folder)!r} holds Krea's {KREA_FILE} and other weights ({', '.join(others[:5])}): "

@@ -15,6 +15,7 @@ import torch
 from .errors import CheckpointError, bad_dtypes, dtype_names, preview
 from .files import is_state_dict, safetensors_load, torch_load
 from .keys import normalize_key
+from ..errors import SettingsError
 
 _LORA_KEY = re.compile(r"^(.*)\.lora_(A|B)(?:\.[^.]+)?\.weight$")  # optional adapter name: lora_A.default.weight
 _PEFT_PREFIX = "base_model.model."
@@ -23,9 +24,9 @@ _PEFT_PREFIX = "base_model.model."
 def check_lora_factors(alpha, scale) -> None:
     """ValueError unless ``alpha`` is None or a finite number > 0 and ``scale`` a finite number."""
     if alpha is not None and not (isinstance(alpha, Real) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"lora_alpha must be a finite number > 0 (or None: the rank), got {alpha!r}")
+        raise SettingsError("lora_alpha", f"must be a finite number > 0 (or None: the rank), got {alpha!r}")
     if not (isinstance(scale, Real) and math.isfinite(scale)):
-        raise ValueError(f"lora_scale must be a finite number, got {scale!r}")
+        raise SettingsError("lora_scale", f"must be a finite number, got {scale!r}")
 
 
 def _check_pair(name: str, a: torch.Tensor, b: torch.Tensor, where: str) -> None:

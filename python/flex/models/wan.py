@@ -109,7 +109,7 @@ class CausalWanModel(nn.Module):
                   dtype: torch.dtype | None = None, device=None, parallel=None) -> ModelKVCache:
         """Ring KV caches of every layer for a [grid_h x grid_w]-token frame grid.
 
-        Sequence parallel (``parallel``, a flex.distributed.ParallelPlan): this rank's 1/N of the heads."""
+        Sequence parallel (``parallel``, a flex.sequence_parallel.ParallelPlan): this rank's 1/N of the heads."""
         heads = self.num_heads if parallel is None else parallel.local_heads(self.num_heads)
         return ModelKVCache(self.num_layers, batch, heads, self.head_dim, grid_h, grid_w, sink_frames,
                           window_frames, dtype or self.param_dtype, device or self.device)
@@ -242,7 +242,7 @@ class CausalWanModel(nn.Module):
         the same chunk wrote) and its queries attend to every resident slot, the chunk itself
         included (bidirectional inside a chunk). ``positions`` (from
         :func:`flex.positions.chunk_positions`) defaults to Wan's absolute positions.
-        ``parallel``: a flex.distributed.ParallelPlan for sequence parallel (its cache holds this
+        ``parallel``: a flex.sequence_parallel.ParallelPlan for sequence parallel (its cache holds this
         rank's heads, see :meth:`new_cache`); None runs the whole pass in this process.
         """
         n, gh, gw = self._check_pass(x, cache, parallel)
@@ -298,7 +298,7 @@ class CausalWanModel(nn.Module):
         prefix once the chunk is written (for the unmasked backends). Nothing is read back to
         the host, so the pass can be traced whole by torch.compile and captured in a CUDA graph.
         With ``parallel`` (sequence parallel) each layer's attention runs on this rank's heads
-        over all of the chunk's tokens, between two all_to_all exchanges (flex.distributed.sequence).
+        over all of the chunk's tokens, between two all_to_all exchanges (flex.sequence_parallel).
         """
         _, _, _, h, w = x.shape
         _, ph, pw = self.config.patch_size

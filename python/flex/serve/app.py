@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..vae import pixel_frames
+from ..decoders import pixel_frames
 from .engine import Engine
 from .page import PAGE
 from .protocol import MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, RequestError, parse_command

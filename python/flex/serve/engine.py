@@ -1,9 +1,10 @@
 """The model parts ``flex serve`` loads once and every stream shares.
 
-:class:`Engine` holds the pipeline (DiT + FLEX settings), the text encoder (kept loaded: every
-prompt switch encodes a new prompt) and the VAE decoder, plus the stream settings (length,
-frame size, where saved videos go). Only the worker thread of the session that owns the
-device calls into it.
+:class:`Engine` wraps the run's :class:`flex.jobs.runtime.Runtime` (DiT, pipeline with the model
+preset's schedule, text encoder kept loaded since every prompt switch encodes a new prompt, video
+decoder) and says where saved videos go. Streams are opened by the runtime, as ``flex generate``
+opens them: the same settings, prompt and seed give the same video. Only the worker thread of
+the session that owns the device calls into it.
 """
 from __future__ import annotations
 
@@ -12,58 +13,68 @@ from pathlib import Path
 
 import torch
 
-from ..generation import DTYPES, FPS, WEIGHTS, GenerationSettings
-from ..pipeline import RECACHE_MODES, Pipeline, Stream
-from ..text import WanTextEncoder
-from ..vae import WanVAEDecoder, load_decoder
+from ..jobs.inputs import FPS
+from ..jobs.runtime import Runtime, load_runtime
+from ..jobs.settings import GenerationSettings
+from ..switching import Stream
 
 
 @dataclass
 class Engine:
-    pipe: Pipeline
-    text_encoder: WanTextEncoder
-    vae: WanVAEDecoder  # or a flex.tiny_vae.TinyVAEDecoder: the same interface
-    num_frames: int  # latent frames of one stream (the longest a session can run)
-    latent_size: tuple[int, int]
+    runtime: Runtime
     out_dir: Path = Path("outputs")
-    crf: int = 18
-    prompts: tuple[str, ...] = ()  # offered on the page
-    recache: str = "window"  # KV re-cache at a prompt switch (flex.pipeline.RECACHE_MODES)
     fps: int = FPS
 
     def __post_init__(self):
-        if self.text_encoder.d_model != self.pipe.model.config.text_dim:
-            raise ValueError(f"the text encoder gives {self.text_encoder.d_model}-wide embeddings but the DiT "
-                             f"expects text_dim {self.pipe.model.config.text_dim}")
-        if self.recache not in RECACHE_MODES:
-            raise ValueError(f"recache must be one of {RECACHE_MODES}, got {self.recache!r}")
+        if self.runtime.text_encoder is None:
+            raise ValueError("flex serve encodes prompts live: its runtime must keep its text encoder")
+        if self.runtime.decoder is None:
+            raise ValueError("flex serve shows decoded frames: its runtime must have a decoder")
         self.out_dir = Path(self.out_dir)
 
     @classmethod
-    def from_settings(cls, settings: GenerationSettings, *, recache: str = "window") -> "Engine":
-        """Load the DiT, the text encoder and the VAE that ``settings`` name onto its device.
+    def from_settings(cls, settings: GenerationSettings) -> "Engine":
+        """Load what ``settings`` name (:func:`flex.jobs.runtime.load_runtime`) onto its device.
 
         ``settings.latent_frames`` is each stream's length; ``settings.out`` the folder for saved
         videos; ``settings.prompts`` the prompts the page offers.
         """
-        from ..loading import load_dit
+        return cls(load_runtime(settings, keep_text_encoder=True), Path(settings.out))
 
-        device, dtype = settings.torch_device, getattr(torch, DTYPES[settings.dtype])
-        model, _ = load_dit(settings.dit, settings.preset, use_ema=WEIGHTS[settings.weights], lora=settings.lora,
-                            lora_alpha=settings.lora_alpha, lora_scale=settings.lora_scale,
-                            trust_pickle=settings.trust_checkpoint)
-        model = model.to(device=device, dtype=dtype)
-        if settings.quant != "none":
-            from ..quant import quantize
+    @property
+    def settings(self) -> GenerationSettings:
+        return self.runtime.settings
 
-            quantize(model, settings.quant)
-        text_encoder = WanTextEncoder.from_pretrained(settings.wan_dir, device, dtype, text_len=model.config.text_len)
-        vae = load_decoder(settings.vae, settings.wan_dir, settings.vae_weights_path(), device, dtype)
-        pipe = Pipeline(model, settings.flex, denoising_steps=settings.denoising_steps, backend=settings.backend,
-                        compile=settings.compile, cuda_graphs=settings.cuda_graphs)
-        latent = (settings.height // vae.spatial_ratio, settings.width // vae.spatial_ratio)
-        return cls(pipe, text_encoder, vae, settings.latent_frames, latent, Path(settings.out), settings.crf,
-                   settings.prompts, recache)
+    @property
+    def pipe(self):
+        return self.runtime.pipe
+
+    @property
+    def vae(self):
+        """The video decoder (Wan VAE or the tiny decoder: the same interface)."""
+        return self.runtime.decoder
+
+    @property
+    def num_frames(self) -> int:
+        """Latent frames of one stream (the longest a session can run)."""
+        return self.settings.latent_frames
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.settings.height // 8, self.settings.width // 8
+
+    @property
+    def crf(self) -> int:
+        return self.settings.crf
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The prompts offered on the page."""
+        return self.settings.prompts
+
+    @property
+    def recache(self) -> str:
+        return self.settings.recache
 
     @property
     def device(self) -> torch.device:
@@ -72,17 +83,15 @@ class Engine:
     @property
     def frame_size(self) -> tuple[int, int]:
         """(height, width) of the decoded frames."""
-        return self.latent_size[0] * self.vae.spatial_ratio, self.latent_size[1] * self.vae.spatial_ratio
+        return self.settings.height, self.settings.width
 
     def encode(self, prompt: str) -> torch.Tensor:
-        """Prompt embeddings [1, text_len, text_dim] on the model's device."""
-        return self.text_encoder.encode([prompt]).to(self.device)
+        """Prompt embeddings [1, text_len, text_dim] (encoded once per prompt text)."""
+        return self.runtime.encode(prompt)
 
     def open_stream(self, embeddings: torch.Tensor, seed: int) -> Stream:
-        """A live :class:`flex.pipeline.Stream` (iterate it; ``switch(embeddings)``; ``close()``)."""
-        generator = torch.Generator("cpu").manual_seed(seed)  # the same noise on every device
-        return self.pipe.stream(embeddings, self.num_frames, self.latent_size, generator=generator,
-                                recache=self.recache)
+        """A live :class:`flex.switching.Stream` (iterate it; ``switch(embeddings)``; ``close()``)."""
+        return self.runtime.open_stream(embeddings, seed)
 
     def decode(self, decoder, latents: torch.Tensor):
         """The next chunk's frames, uint8 numpy [n, H, W, 3], from a ``vae.stream()`` decoder."""
@@ -93,4 +102,3 @@ class Engine:
         """Wait for the device (so that timings measure finished work)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..vae import pixel_frames
+from ..decoders import pixel_frames
 from ..video import VideoWriter
 from .engine import Engine
 from .protocol import Command, RequestError

@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from .errors import SettingsError
+
 
 def qk_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Wan's qk RMSNorm over all H*D of each token of x [B, T, H, D], in x's dtype."""
@@ -50,7 +52,7 @@ class ParallelPlan:
         """The plan of this process in ``group`` (torch.distributed must be initialised)."""
         if not dist.is_available() or not dist.is_initialized():
             raise ValueError("sequence parallel needs torch.distributed initialised "
-                             "(see flex.distributed.launch.init_from_env)")
+                             "(see flex.jobs.distributed.launch.init_process_group)")
         return cls(dist.get_world_size(group), dist.get_rank(group), group)
 
     def __post_init__(self):
@@ -130,19 +132,18 @@ def check_step_options(compile=False, cuda_graphs=False) -> None:
     """Sequence parallel runs eagerly or compiled; a CUDA graph would capture its collectives,
     which is not supported yet."""
     if cuda_graphs:
-        raise ValueError("sequence parallel does not run under cuda_graphs yet (compile works)")
+        raise SettingsError("cuda_graphs", "sequence parallel does not run under cuda_graphs yet (compile works)",
+                            leads=False)
 
 
 def check_parallel(parallel, model, compile=False, cuda_graphs=False) -> None:
     """Pipeline(parallel=...) rules: a ParallelPlan whose size divides the model's heads, and no
     CUDA graphs (:func:`check_step_options`)."""
     if not isinstance(parallel, ParallelPlan):
-        raise ValueError(f"parallel must be a flex.distributed.ParallelPlan or None, got {type(parallel).__name__}")
+        raise SettingsError("parallel", f"must be a flex.sequence_parallel.ParallelPlan or None, "
+                                        f"got {type(parallel).__name__}")
     parallel.check(model.num_heads)
-    try:
-        check_step_options(compile, cuda_graphs)
-    except ValueError as err:
-        raise ValueError(f"parallel: {err}") from None
+    check_step_options(compile, cuda_graphs)
 
 
 __all__ = ["ParallelPlan", "check_parallel", "check_step_options", "qk_norm"]

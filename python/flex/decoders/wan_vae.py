@@ -30,26 +30,9 @@ from pathlib import Path
 
 import torch
 
-from .loading.wan_dir import locate_wan_part
+from ..loading.wan_dir import locate_wan_part
+from .frames import LATENT_CHANNELS, check_latents, pixel_frames, to_uint8
 
-LATENT_CHANNELS = 16
-VAES = ("wan", "tiny")  # the Wan2.1 VAE (diffusers) or the tiny TAEHV decoder (flex.tiny_vae)
-
-
-def pixel_frames(latent_frames: int) -> int:
-    """Pixel frames decoded from ``latent_frames`` latent frames (4F - 3)."""
-    return 4 * latent_frames - 3 if latent_frames > 0 else 0
-
-
-def check_latents(latents) -> torch.Tensor:
-    """``latents`` if it is a floating-point [B, F, 16, h, w] tensor with at least one of each; else ValueError."""
-    is_tensor = isinstance(latents, torch.Tensor)
-    if not is_tensor or latents.dim() != 5 or latents.shape[2] != LATENT_CHANNELS or 0 in latents.shape:
-        got = f"shape {tuple(latents.shape)}" if is_tensor else f"a {type(latents).__name__}"
-        raise ValueError(f"latents must be a [B, F, {LATENT_CHANNELS}, h, w] tensor with B, F, h, w >= 1, got {got}")
-    if not latents.is_floating_point():
-        raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}")
-    return latents
 
 
 def _is_vae_folder(path: Path) -> bool:
@@ -85,7 +68,7 @@ def load_vae(path, device="cpu", dtype=torch.float32):
     """diffusers ``AutoencoderKLWan`` from any place :func:`locate_vae` accepts, local files only."""
     from diffusers import AutoencoderKLWan
 
-    from .loading.wan_vae import load_wan_vae
+    from ..loading.wan_vae import load_wan_vae
 
     kind, found = locate_vae(path)
     if kind == "original":
@@ -105,20 +88,6 @@ def _has_accelerate() -> bool:
         return True
     except ImportError:
         return False
-
-
-def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """[B, 3, T, H, W] in [-1, 1] -> [B, T, H, W, 3] uint8 on the CPU, as Self Forcing does it:
-    x * 0.5 + 0.5, then :func:`unit_to_uint8`."""
-    return unit_to_uint8(video.float() * 0.5 + 0.5)
-
-
-def unit_to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """[B, 3, T, H, W] in [0, 1] -> [B, T, H, W, 3] uint8 on the CPU: clamped to [0, 1], times 255,
-    truncated (Self Forcing's frames go through ``torchvision.io.write_video``, which casts the
-    float frames to uint8)."""
-    video = (255.0 * video.float().clamp(0, 1)).to(torch.uint8)
-    return video.permute(0, 2, 3, 4, 1).cpu()
 
 
 class WanVAEDecoder:
@@ -233,19 +202,3 @@ class DecodeStream:
         return frames[:, -keep:]
 
 
-def load_decoder(vae: str, wan_dir, weights=None, device="cpu", dtype=torch.float32):
-    """The video decoder ``vae`` names: "wan" (the Wan folder's VAE) or "tiny" (TAEHV from
-    ``weights``, else ``taew2_1.pth`` in the Wan folder). The tiny decoder runs in float32 on a
-    CPU, where bf16 convolutions are many times slower."""
-    if vae not in VAES:
-        raise ValueError(f"vae must be one of {VAES}, got {vae!r}")
-    if vae == "wan":
-        return WanVAEDecoder.from_pretrained(wan_dir, device, dtype)
-    from .tiny_vae import TinyVAEDecoder, WEIGHTS_NAME, find_tiny_vae_weights
-
-    path = weights if weights is not None else find_tiny_vae_weights(wan_dir)
-    if path is None:
-        raise FileNotFoundError(f"vae tiny needs the TAEHV weights {WEIGHTS_NAME}: give their path "
-                                f"(--vae-weights) or put the file in {str(wan_dir)!r}")
-    tiny_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
-    return TinyVAEDecoder.from_pretrained(path, device, tiny_dtype)

@@ -8,7 +8,7 @@ Hunyuan VAE on a GPU, in over 10x less memory). The decoder is written here
 from the facts of that repository's ``taehv.py`` and README (none of its code is used):
 
 * Input: Wan 2.1 latents [B, F, 16, h, w] **as the DiT produces them** (its normalised space;
-  TAEHV applies no latents_mean / latents_std, unlike :mod:`flex.vae`). They first pass a soft
+  TAEHV applies no latents_mean / latents_std, unlike :mod:`flex.decoders.wan_vae`). They first pass a soft
   clamp 3 tanh(z / 3).
 * A 3x3 conv (16 -> 256) + ReLU, then three stages of width 256, 128, 64, each: 3 memory
   blocks, a 2x nearest-neighbour spatial upsample, a temporal upsample (by 1, 2, 2) and a
@@ -28,7 +28,7 @@ convs, ``decoder.22`` the last conv). Only the decoder is implemented: the file'
 ``encoder.*`` keys are dropped on loading; every decoder key must be present with its shape.
 (Hunyuan's ``taehv.pth`` has the same shapes but another latent space: it loads, and decodes
 Wan latents wrongly.)
-Frames become uint8 by :func:`flex.vae.unit_to_uint8` (255 x, truncated, as for the Wan VAE).
+Frames become uint8 by :func:`flex.decoders.frames.unit_to_uint8` (255 x, truncated, as for the Wan VAE).
 
 A 480x832 pixel frame costs about 136 GFLOP. On a CPU decode in float32: without native bf16
 convolution kernels (an AVX2-only torch build) bf16 measured about 15x slower.
@@ -40,10 +40,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .loading.architecture import check_state_dict
-from .loading.errors import WEIGHT_DTYPES, CheckpointError, dtype_names
-from .loading.files import is_state_dict, safetensors_load, torch_load
-from .vae import LATENT_CHANNELS, check_latents, unit_to_uint8
+from ..loading.architecture import check_state_dict
+from ..loading.errors import WEIGHT_DTYPES, CheckpointError, dtype_names
+from ..loading.files import is_state_dict, safetensors_load, torch_load
+from .frames import LATENT_CHANNELS, check_latents, unit_to_uint8
 
 WEIGHTS_NAME = "taew2_1.pth"
 WIDTHS = (256, 128, 64, 64)  # stage widths, then the width before the last conv
@@ -169,7 +169,7 @@ def load_tiny_vae_net(path, device="cpu", dtype=torch.float32) -> TinyWanDecoder
 class TinyVAEDecoder:
     """Decodes [B, F, 16, h, w] DiT-space latents into uint8 frames [B, 4F-3, 8h, 8w, 3] (CPU).
 
-    The same interface as :class:`flex.vae.WanVAEDecoder`: ``decode`` for a whole video,
+    The same interface as :class:`flex.decoders.WanVAEDecoder`: ``decode`` for a whole video,
     ``stream()`` for chunk by chunk.
     """
 

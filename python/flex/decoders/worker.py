@@ -28,7 +28,7 @@ _STOP = object()
 class DecodeWorker:
     """Decode latent chunks with ``decode`` and hand the frames to ``sink``, in a worker thread.
 
-    decode    chunk latents [B, f, 16, h, w] -> frames (e.g. a flex.vae.DecodeStream)
+    decode    chunk latents [B, f, 16, h, w] -> frames (e.g. a flex.decoders.wan_vae.DecodeStream)
     sink      called with the first sample's frames of each chunk, in order (e.g. VideoWriter.append)
     depth     chunks that may wait for the decoder before ``submit`` blocks (bounds memory)
     """

@@ -9,9 +9,8 @@ meanings: ``--seconds`` / ``--frames`` is the length of each stream (its RoPE le
 page offers (a menu when several). ``--host`` / ``--port`` say where to listen; the default
 127.0.0.1 is reachable from this machine only.
 
-Register it in ``flex.cli`` with ``add_parser(subparsers, defaults)`` and dispatch
-``run(args, explicit)``; usage errors are raised as :class:`flex.cli.CliError` before any
-model is loaded.
+Usage errors are raised as :class:`flex.cli.common.CliError` before any model is loaded; the
+model, pipeline and decoder come from :func:`flex.jobs.runtime.load_runtime`, as for ``flex generate``.
 """
 from __future__ import annotations
 
@@ -22,9 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from .. import cli as flex_cli
-from ..cli import CliError
-from ..pipeline import RECACHE_MODES
+from .args import add_generate_args, settings_from_args, typed_flex_flags
+from .common import EXIT_OK, CliError, HelpFormatter, log
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 DEFAULT_PROMPT = "a red fox runs through fresh snow, cinematic, golden hour"
@@ -38,13 +36,13 @@ def add_parser(subparsers, defaults: bool = True) -> argparse.ArgumentParser:
         return value if defaults else argparse.SUPPRESS
 
     p = subparsers.add_parser(
-        "serve", formatter_class=flex_cli._HelpFormatter, help="live web demo: stream videos to a browser",
+        "serve", formatter_class=HelpFormatter, help="live web demo: stream videos to a browser",
         description="Load the model once and serve a web page that streams FLEX videos while they are "
                     "generated: switch prompts, stop / restart, see latent and decoded FPS, save videos.",
         epilog="example: flex serve --dit self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers "
                "--seconds 60  (then open http://127.0.0.1:7860)",
     )
-    flex_cli._add_generate_args(p, defaults)
+    add_generate_args(p, defaults)
     for group in p._mutually_exclusive_groups:  # prompts come from the page: --prompt is optional here
         if any(a.dest == "prompt" for a in group._group_actions):
             group.required = False
@@ -52,31 +50,20 @@ def add_parser(subparsers, defaults: bool = True) -> argparse.ArgumentParser:
     server.add_argument("--host", default=d(DEFAULT_HOST),
                         help="address to listen on (0.0.0.0: every interface, reachable by anyone on the network)")
     server.add_argument("--port", type=int, default=d(DEFAULT_PORT), help="TCP port (0: any free port)")
-    if not any(a.dest == "recache" for a in p._actions):  # unless flex generate has it already
-        server.add_argument("--recache", choices=RECACHE_MODES, default=d("window"),
-                            help="KV re-cache at a prompt switch: window = recompute the window frames under the "
-                                 "new prompt (LongLive), all = the sink frames too, none = keep the old K/V")
     return p
-
-
-def _typed_flex_flags(args) -> set[str]:
-    """The --no-flex flags given with a non-default value (when the typed ones are not known)."""
-    scratch = argparse.ArgumentParser()
-    flex_cli._add_generate_args(scratch)
-    return {name for name in flex_cli.NO_FLEX_FLAGS if getattr(args, name) != scratch.get_default(name)}
 
 
 def check_args(args, explicit: set[str] | None = None):
     """flex generate's checks plus the server's: the GenerationSettings (nothing is loaded).
 
-    explicit: the options typed on the command line (flex.cli._explicit), for --no-flex."""
+    explicit: the options typed on the command line (flex.cli.explicit_flags), for --no-flex."""
     if Path(args.out).suffix.lower() == ".mp4":
         raise CliError(f"--out must be a folder for flex serve (saved videos are named by time), got {args.out!r}")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be in [0, 65535], got {args.port}")
     if args.prompt is None and args.prompts is None:
         args.prompt = DEFAULT_PROMPT
-    return flex_cli.settings_from_args(args, _typed_flex_flags(args) if explicit is None else explicit)
+    return settings_from_args(args, typed_flex_flags(args) if explicit is None else explicit)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -96,16 +83,14 @@ def build_server(args, explicit: set[str] | None = None):
     """(uvicorn.Server, listening socket, url): the arguments checked, the model loaded once."""
     import uvicorn
 
-    from ..generation import _quiet_library_progress
-    from .app import create_app
-    from .engine import Engine
-    from .protocol import MAX_MESSAGE_BYTES
+    from ..serve.app import create_app
+    from ..serve.engine import Engine
+    from ..serve.protocol import MAX_MESSAGE_BYTES
 
     settings = check_args(args, explicit)
     sock = listen(args.host, args.port)
     try:
-        _quiet_library_progress()
-        engine = Engine.from_settings(settings, recache=args.recache)
+        engine = Engine.from_settings(settings)
         config = uvicorn.Config(create_app(engine), log_level="warning", ws_max_size=MAX_MESSAGE_BYTES)
     except BaseException:
         sock.close()
@@ -118,14 +103,14 @@ def build_server(args, explicit: set[str] | None = None):
 def run(args, explicit: set[str] | None = None) -> int:
     """``flex serve``: serve until interrupted (Ctrl-C). Returns the exit status."""
     server, sock, url = build_server(args, explicit)
-    flex_cli._log(f"serving on {url} (Ctrl-C to stop)")
+    log(f"serving on {url} (Ctrl-C to stop)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        flex_cli._log(f"--host {args.host}: anyone who can reach this address can use the model")
+        log(f"--host {args.host}: anyone who can reach this address can use the model")
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
-    return flex_cli.EXIT_OK
+    return EXIT_OK
 
 
 @contextlib.contextmanager

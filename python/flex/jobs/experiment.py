@@ -2,7 +2,7 @@
 
 A config names the model files, a prompt file, seeds, horizons and variants (FlexConfig fields
 and generation options); see experiments/ for the paper's tables. Every (variant, horizon,
-seed) is one generation job of :mod:`flex.generation` over all prompts, so a rerun skips the
+seed) is one generation job of :mod:`flex.jobs.generate` over all prompts, so a rerun skips the
 videos already finished with the same settings and an interrupted experiment resumes where it
 stopped. Results:
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .registry import ALL_METRICS, check_metrics
-from .segments import DEFAULT_SEGMENT_SECONDS
+from ..evaluate.registry import ALL_METRICS, check_metrics
+from ..evaluate.segments import DEFAULT_SEGMENT_SECONDS
 
 EXPERIMENT_KEYS = ("name", "prompts", "seeds", "horizons", "out", "metrics", "segment_seconds", "weights_dir",
                    "device")
@@ -46,7 +46,7 @@ class Job:
     variant: str
     horizon: float
     seed: int
-    settings: object  # flex.generation.GenerationSettings
+    settings: object  # flex.jobs.settings.GenerationSettings
 
     @property
     def label(self) -> str:
@@ -89,7 +89,7 @@ class ExperimentResult:
 
 def _slug(text: str) -> str:
     """Folder name of a variant: the generation job's slug, keeping signs ("rho -0.5" -> rho-minus-0-5)."""
-    from ..generation import slug
+    from .inputs import slug
 
     return slug(re.sub(r"-(?=\d)", " minus ", text).replace("+", " plus "))
 
@@ -106,9 +106,10 @@ def load_experiment(path, out=None, weights_dir=None, device=None) -> Experiment
 
     try:
         from ..config import FlexConfig
-        from ..generation import GenerationSettings, read_prompt_file
+        from .inputs import read_prompt_file
+        from .settings import GenerationSettings
     except ImportError as err:
-        raise ExperimentError(f"flex experiment needs the generation job (flex.generation): {err}") from None
+        raise ExperimentError(f"flex experiment needs the generation job (flex.jobs): {err}") from None
 
     config = Path(path)
     try:
@@ -221,11 +222,12 @@ def _read_json(path: Path) -> dict | None:
 def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str], None] = print) -> ExperimentResult:
     """Generate what is missing, evaluate what is new, write the table and the curves."""
     from .. import __version__
-    from ..generation import generate_videos, terminate_as_interrupt
-    from .evaluator import Evaluator, VideoReport
-    from .plot import plot_curves
-    from .report import write_json, write_tables
-    from .series import mean_series
+    from .generate import generate_videos
+    from .interrupt import terminate_as_interrupt
+    from ..evaluate.evaluator import Evaluator, VideoReport
+    from ..evaluate.plot import plot_curves
+    from ..evaluate.report import write_json, write_tables
+    from ..evaluate.series import mean_series
 
     commit = source_commit()
 

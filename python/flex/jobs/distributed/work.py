@@ -5,7 +5,7 @@ The manifest is a JSON-lines file next to the videos, one record per finished vi
 settings hash, index, prompt, seed, variant, path, rank, seconds, commit). Each record is
 appended with one ``write`` on a file opened O_APPEND and then fsynced, so concurrent ranks
 never interleave and a killed rank leaves at most one torn last line, which readers ignore.
-The videos themselves carry their settings hash (flex.generation), so an item is finished
+The videos themselves carry their settings hash (flex.jobs.records), so an item is finished
 when its record is in the manifest *and* its video is complete; a video that is complete
 but has no record (a rank killed between the two) is recorded when the job starts again.
 
@@ -42,7 +42,7 @@ class WorkItem:
 
 
 def generation_items(settings, variant: str = "default") -> list[WorkItem]:
-    """The work items of a :class:`flex.generation.GenerationSettings` (prompt i, seed + i)."""
+    """The work items of a :class:`flex.jobs.settings.GenerationSettings` (prompt i, seed + i)."""
     return [WorkItem(i, p, settings.seed + i, variant, settings.video_hash(i), str(settings.outputs[i]))
             for i, p in enumerate(settings.prompts)]
 
@@ -93,7 +93,7 @@ class Manifest:
 
     def append(self, item: WorkItem, rank: int | None, seconds: float | None) -> dict:
         """Record ``item`` as finished, atomically (one O_APPEND write, then fsync)."""
-        from .. import __version__
+        from ... import __version__
 
         record = {**asdict(item), "rank": rank, "seconds": seconds, "commit": source_commit(),
                   "flex_version": __version__, "finished_at": time.time()}

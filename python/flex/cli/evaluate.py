@@ -1,4 +1,4 @@
-"""``flex evaluate`` and ``flex experiment``: argument parsing over flex.evaluate (no logic here).
+"""``flex evaluate`` and ``flex experiment``: argument parsing over flex.evaluate and flex.jobs.experiment (no logic here).
 
 Register both in the ``flex`` parser with ``add_parser(subparsers)``; each subcommand stores its
 handler, so ``run(args)`` runs whichever was chosen and returns the exit status:
@@ -23,9 +23,9 @@ def _metric_list(text: str) -> tuple[str, ...]:
 
 def add_parser(subparsers) -> None:
     """Add the ``evaluate`` and ``experiment`` subcommands to an argparse subparsers object."""
-    from .registry import ALL_METRICS, HEALTH_METRICS
-    from .segments import DEFAULT_SEGMENT_SECONDS
-    from .weights import ENV
+    from ..evaluate.registry import ALL_METRICS, HEALTH_METRICS
+    from ..evaluate.segments import DEFAULT_SEGMENT_SECONDS
+    from ..evaluate.weights import ENV
 
     ev = subparsers.add_parser(
         "evaluate", help="measure video quality over time (VBench dimensions, health metrics, drift)",
@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .batch import evaluate_to_folder
-    from .evaluator import Evaluator
-    from .frames import find_videos
-    from .registry import ALL_METRICS, HEALTH_METRICS, check_metrics
+    from ..evaluate.batch import evaluate_to_folder
+    from ..evaluate.evaluator import Evaluator
+    from ..evaluate.frames import find_videos
+    from ..evaluate.registry import ALL_METRICS, HEALTH_METRICS, check_metrics
 
     metrics = HEALTH_METRICS if args.free else (args.metrics or ALL_METRICS)
     try:  # the cheap checks first, the models last
@@ -98,7 +98,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    from .experiment import ExperimentError, load_experiment, run_experiment as run_it
+    from ..jobs.experiment import ExperimentError, load_experiment, run_experiment as run_it
 
     try:
         experiment = load_experiment(args.config, out=args.out, weights_dir=args.weights_dir, device=args.device)

@@ -1,74 +1,31 @@
-"""``flex generate``: long videos from a Self Forcing checkpoint and a Wan2.1 folder, with FLEX.
-
-    flex generate --dit checkpoints/self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers \\
-        --prompt "a red fox runs through fresh snow" --seconds 30 --out fox.mp4
-
-This module only parses: the arguments become a :class:`flex.generation.GenerationSettings`
-(which checks every argument and output path before any model is loaded) and
-:func:`flex.generation.generate_videos` does the work. Everything is read from local files
-(nothing is downloaded). A rerun skips the videos already finished with the same settings
-(``--overwrite`` redoes them).
-
-Exit status: 0 done; 1 runtime error (a model, file or device failed during the work);
-2 usage error (a bad argument, reported before any model is loaded); 130 interrupted (Ctrl-C,
-SIGINT); 143 terminated (SIGTERM). An interrupted or terminated run keeps no partial video.
-"""
+"""The options of a generation run, shared by ``flex generate`` and ``flex serve``, and their one
+translation into checked :class:`flex.jobs.settings.GenerationSettings` (a :class:`CliError`
+names the flag at fault; nothing is loaded)."""
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 
-from .generation import (
-    DTYPES, GenerationSettings, SettingsError, Terminated, generate_videos, read_prompt_file,
-    terminate_as_interrupt,
-)
-from .generation import MODULATIONS, NOISES
-from .generation import latent_frames as _latent_frames
-from .pipeline import RECACHE_MODES
-from .quant import QUANT_MODES
-from .vae import VAES
-from .presets import MODEL_PRESETS, model_preset
+from ..decoders import VAES
+from ..errors import SettingsError
+from ..jobs.inputs import DTYPES, MODULATIONS, NOISES
+from ..jobs.inputs import latent_frames as _latent_frames
+from ..jobs.inputs import read_prompt_file
+from ..jobs.settings import GenerationSettings
+from ..presets import MODEL_PRESETS, model_preset
+from ..quant import QUANT_MODES
+from ..switching import RECACHE_MODES
+from .common import FLEX_FIELDS, CliError, finite_float, flag, usage_error
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 COMPILE_CHOICES = {"off": False, "on": True, "frozen": "frozen"}
-# FLEX flag dest -> FlexConfig field (the flag names follow the paper's vocabulary).
-FLEX_FIELDS = {"rope": "strategy", "alpha": "alpha", "beta": "beta", "l_train": "l_train", "rho": "rho",
-               "sink_frames": "sink_frames", "window_frames": "window_frames", "chunk_frames": "chunk_frames",
-               "dynamic": "dynamic", "ans_renoise": "ans_renoise"}
 # The FLEX switches whose default changes with --no-flex: those FlexConfig.off() changes.
 NO_FLEX_FLAGS = ("rope", "rho", "sink_frames", "window_frames")
 
 
-class CliError(Exception):
-    """A usage error: printed as one line, exit status 2."""
-
-
-def _flag(name: str) -> str:
-    """The command-line flag of a setting or FLEX field (``wan_dir`` -> ``--wan-dir``, ``strategy`` -> ``--rope``)."""
-    dest = {v: k for k, v in FLEX_FIELDS.items()}.get(name, name)
-    return "--" + dest.replace("_", "-")
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (inf and nan are no length, factor or correlation)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-# ---------------------------------------------------------------- arguments
-
-
-def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+def add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """Arguments of ``flex generate``; ``defaults=False`` gives SUPPRESS defaults (to see what was typed)."""
-    from .config import FlexConfig
-    from .ops import BACKENDS
-    from .rope import STRATEGIES
+    from ..config import FlexConfig
+    from ..ops import BACKENDS
+    from ..rope import STRATEGIES
 
     fc, off = FlexConfig(), FlexConfig.off()
     settings_defaults = GenerationSettings.__dataclass_fields__
@@ -210,70 +167,28 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
                           "activations x int8 weights), int8-weight (weight-only), fp8 (float8 rowwise, bf16 on "
                           "Ada / Hopper GPUs); needs pip install torchao")
     run.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
-    from .distributed.cli import add_arguments as add_distributed_arguments
-
-    add_distributed_arguments(p, defaults)
+    add_parallel_arguments(run, defaults)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" after every option that has a meaningful default."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.required or isinstance(action, argparse._StoreTrueAction):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
-    from . import __version__
-
-    fmt = _HelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="flex", formatter_class=fmt,
-        description="FLEX: training-free length extension for autoregressive video diffusion "
-                    "(Self Forcing on Wan2.1-T2V-1.3B).",
-        argument_default=None if defaults else argparse.SUPPRESS,
-    )
-    parser.add_argument("--version", action="version", version=f"flex {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    gen = sub.add_parser(
-        "generate", formatter_class=fmt, help="generate videos from text prompts",
-        description="Generate long videos chunk by chunk with FLEX and write them as H.264 mp4 at 16 fps.",
-        epilog="example: flex generate --dit self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers "
-               "--prompt 'a red fox runs through fresh snow' --seconds 30 --out fox.mp4    "
-               "exit status: 0 done, 1 runtime error, 2 bad argument (found before any model loads), "
-               "130 interrupted, 143 terminated (SIGTERM); no partial video is kept",
-    )
-    _add_generate_args(gen, defaults)
-    from .evaluate import cli as evaluate_cli
-    from .serve import cli as serve_cli
-
-    serve_cli.add_parser(sub, defaults)
-    evaluate_cli.add_parser(sub)
-    return parser
+def add_parallel_arguments(parser, defaults: bool = True) -> None:
+    """The options of the many-process mode (torchrun), part of the generation options."""
+    parser.add_argument("--sequence-parallel", type=int, default=1 if defaults else argparse.SUPPRESS, metavar="N",
+                        help="under torchrun: ranks that generate one video together (Ulysses attention over "
+                             "heads; N must divide the head count and the processes); the world is split into "
+                             "groups of N that share the videos; the first rank of a group writes them")
 
 
-def _explicit(argv) -> set[str]:
-    """Names of the generate options the user typed (parsed again with SUPPRESS defaults)."""
-    ns = build_parser(defaults=False).parse_known_args(argv)[0]
-    return set(vars(ns))
-
-
-# ---------------------------------------------------------------- arguments -> settings
-
-
-def _usage_error(err: SettingsError) -> CliError:
-    """The library's message with its setting names replaced by the flags that set them."""
-    names, flags = " / ".join(err.fields), " / ".join(_flag(f) for f in err.fields)
-    text = err.message
-    return CliError(flags + text[len(names):] if text.startswith(names) else f"{flags}: {text}")
+def typed_flex_flags(args) -> set[str]:
+    """The --no-flex flags given with a non-default value (when the typed ones are not known)."""
+    scratch = argparse.ArgumentParser()
+    add_generate_args(scratch)
+    return {name for name in NO_FLEX_FLAGS if getattr(args, name) != scratch.get_default(name)}
 
 
 def flex_config(args, explicit: set[str]):
     """The FlexConfig of --model (FLEX on, or its upstream baseline with --no-flex) with the FLEX
     flags typed on the command line applied on top."""
-    from .config import FlexConfig
+    from ..config import FlexConfig
 
     preset = model_preset(args.model)
     base = preset.baseline_config() if args.no_flex else preset.flex_config()
@@ -281,10 +196,8 @@ def flex_config(args, explicit: set[str]):
     values.update({field: getattr(args, dest) for dest, field in FLEX_FIELDS.items() if dest in explicit})
     try:
         return base.replace(**values) if isinstance(base, FlexConfig) else FlexConfig(**values)
-    except ValueError as err:  # FlexConfig's messages start with the field name
-        field = str(err).split(" ", 1)[0]
-        where = f" ({_flag(field)})" if field in FLEX_FIELDS.values() else ""
-        raise CliError(f"invalid FLEX settings{where}: {err}") from err
+    except SettingsError as err:  # FlexConfig's fields, told as their flags
+        raise CliError(f"invalid FLEX settings ({', '.join(flag(f) for f in err.fields)}): {err}") from err
 
 
 def latent_frames(args, chunk: int) -> tuple[int, str]:
@@ -292,7 +205,7 @@ def latent_frames(args, chunk: int) -> tuple[int, str]:
     try:
         return _latent_frames(args.frames, args.seconds, chunk)
     except SettingsError as err:
-        raise _usage_error(err) from err
+        raise usage_error(err) from err
 
 
 def read_prompts(args) -> tuple[tuple[str, ...], tuple | None]:
@@ -300,7 +213,7 @@ def read_prompts(args) -> tuple[tuple[str, ...], tuple | None]:
     schedule) or --prompt-schedule FILE (one video)."""
     from pathlib import Path
 
-    from .prompt_schedule import ScheduleError, parse_inline, parse_schedule
+    from ..prompt_schedule import ScheduleError, parse_inline, parse_schedule
 
     if args.prompt is not None:
         return (args.prompt,), None
@@ -318,7 +231,7 @@ def read_prompts(args) -> tuple[tuple[str, ...], tuple | None]:
     except ScheduleError as err:
         raise CliError(str(err)) from None
     except SettingsError as err:
-        raise _usage_error(err) from err
+        raise usage_error(err) from err
     if not any(scheds):
         return lines, None
     return tuple(line if sched is None else sched[0][1] for line, sched in zip(lines, scheds)), scheds
@@ -333,7 +246,7 @@ def denoising_steps(text: str | None) -> tuple[float, ...] | None:
         raise CliError(f"--denoising-steps must be comma-separated numbers, got {text!r}") from None
 
 
-def settings_from_args(args, explicit: set[str]) -> GenerationSettings:
+def settings_from_args(args, explicit: set[str]):
     """The checked settings of ``flex generate``'s arguments (CliError names the flag at fault)."""
     cfg = flex_config(args, explicit)
     prompts, schedules = read_prompts(args)
@@ -350,60 +263,10 @@ def settings_from_args(args, explicit: set[str]) -> GenerationSettings:
             overwrite=args.overwrite, vae=args.vae, vae_weights=args.vae_weights, quant=args.quant,
         )
     except SettingsError as err:
-        raise _usage_error(err) from err
+        raise usage_error(err) from err
 
 
-# ---------------------------------------------------------------- entry point
-
-
-def _log(msg: str) -> None:
-    print(f"flex: {msg}", file=sys.stderr, flush=True)
-
-
-def _print_result(result) -> None:
-    print(result.summary(), flush=True)
-
-
-def main(argv=None) -> int:
-    """Entry point of the ``flex`` console command. Returns the exit status (see the module docstring)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)  # malformed command lines exit here, status 2
-    try:
-        if args.command in ("evaluate", "experiment"):
-            from .evaluate import cli as evaluate_cli
-
-            return evaluate_cli.run(args)
-        if args.command == "serve":
-            from .serve import cli as serve_cli
-
-            return serve_cli.run(args, _explicit(argv))
-        with terminate_as_interrupt():
-            settings = settings_from_args(args, _explicit(argv))
-            from .distributed.cli import run_generate, wants_distributed
-
-            if wants_distributed(args):  # under torchrun: prompt-parallel over the ranks
-                try:
-                    run_generate(settings, args, log=_log, on_video=_print_result)
-                except SettingsError as err:
-                    raise _usage_error(err) from err
-            else:
-                generate_videos(settings, log=_log, on_video=_print_result, progress=not args.quiet)
-    except CliError as err:
-        _log(f"error: {err}")
-        return EXIT_USAGE
-    except Terminated:
-        _log("terminated (no partial video was kept)")
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        _log("interrupted (no partial video was kept)")
-        return EXIT_INTERRUPTED
-    except (OSError, RuntimeError, ValueError) as err:  # CheckpointError is a RuntimeError
-        _log(f"error: {err}")
-        return EXIT_RUNTIME
-    return EXIT_OK
-
-
-__all__ = ["CliError", "build_parser", "main", "settings_from_args"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = [
+    "COMPILE_CHOICES", "NO_FLEX_FLAGS", "add_generate_args", "add_parallel_arguments", "denoising_steps", "flex_config", "latent_frames",
+    "read_prompts", "settings_from_args", "typed_flex_flags",
+]

@@ -1,10 +1,10 @@
-"""What ``flex generate`` runs under ``torchrun``: prompt-parallel generation over the ranks,
+"""The generation job under ``torchrun``: prompt-parallel generation over the ranks,
 optionally in sequence-parallel groups that make one video together.
 
     torchrun --standalone --nproc-per-node 8 -m flex generate --prompts prompts.txt --out videos/ ...
     torchrun --standalone --nproc-per-node 8 -m flex generate --sequence-parallel 4 --prompts ...  # 2 groups of 4
 
-Every rank takes an equal share of the unfinished videos (see :mod:`flex.distributed.work`)
+Every rank takes an equal share of the unfinished videos (see :mod:`flex.jobs.distributed.work`)
 on its own device, records each finished video in ``<out>/manifest.jsonl`` and meets the
 others only at the start and the end; rank 0 logs the progress of all of them. A rerun, or a
 torchrun restart (``--max-restarts``), redoes only the videos not finished, whatever the
@@ -13,7 +13,6 @@ system across nodes).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 from pathlib import Path
@@ -22,17 +21,9 @@ from typing import Callable
 import torch.distributed as dist
 
 from .launch import Launch, close_process_group, init_process_group, rank_device, sequence_groups
-from .sequence import ParallelPlan
+from ...errors import SettingsError
+from ...sequence_parallel import ParallelPlan
 from .work import MANIFEST_NAME, Manifest, Progress, generation_items, pending_items, share, stderr_log
-
-
-def add_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """The options of the many-process mode, for the ``generate`` parser (``defaults=False``:
-    argparse.SUPPRESS, as flex.cli parses a second time to see which flags were typed)."""
-    parser.add_argument("--sequence-parallel", type=int, default=1 if defaults else argparse.SUPPRESS, metavar="N",
-                        help="under torchrun: ranks that generate one video together (Ulysses attention over "
-                             "heads; N must divide the head count and the processes); the world is split into "
-                             "groups of N that share the videos; the first rank of a group writes them")
 
 
 def world_size() -> int:
@@ -52,31 +43,29 @@ def manifest_path(settings) -> Path:
 
 def check_sequence_parallel(size, launch: Launch, settings=None) -> int:
     """The ``--sequence-parallel`` rules of the generation job; returns the group size."""
-    from ..generation import SettingsError
-
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise SettingsError("sequence_parallel", f"sequence_parallel must be an int >= 1, got {size!r}")
+        raise SettingsError("sequence_parallel", f"must be an int >= 1, got {size!r}")
     if launch.world_size % size:
-        raise SettingsError("sequence_parallel", f"sequence_parallel ({size}) must divide the number of "
-                                                 f"processes (WORLD_SIZE = {launch.world_size}); start it "
-                                                 f"with torchrun --nproc-per-node N")
+        raise SettingsError("sequence_parallel", f"({size}) must divide the number of processes (WORLD_SIZE = "
+                                                 f"{launch.world_size}); start it with torchrun --nproc-per-node N")
     if size > 1 and settings is not None:
+        from ...sequence_parallel import check_step_options
+
         try:
-            from .sequence import check_step_options
             check_step_options(settings.compile, settings.cuda_graphs)
-        except ValueError as err:
-            raise SettingsError("sequence_parallel", str(err)) from None
+        except SettingsError as err:  # a rule of the pair: named here by the flag that asked for it
+            raise SettingsError("sequence_parallel", err.render(err.fields), leads=False) from None
     return size
 
 
 def run_generate(settings, args=None, *, log: Callable[[str], None] | None = None,
                  on_video: Callable | None = None, progress_interval_s: float = 10.0):
-    """Prompt-parallel :func:`flex.generation.generate_videos` over torchrun's ranks.
+    """Prompt-parallel :func:`flex.jobs.generate.generate_videos` over torchrun's ranks.
 
     Returns this rank's results (videos made or found finished). Raises RuntimeError on rank 0
     when another rank did not reach the end (its unfinished videos are made by a rerun).
     """
-    from ..generation import generate_videos
+    from ..generate import generate_videos
 
     log = log or stderr_log
     launch = Launch.from_env()
@@ -149,4 +138,4 @@ def run_generate(settings, args=None, *, log: Callable[[str], None] | None = Non
         close_process_group()
 
 
-__all__ = ["add_arguments", "manifest_path", "run_generate", "wants_distributed", "world_size"]
+__all__ = ["check_sequence_parallel", "manifest_path", "run_generate", "wants_distributed", "world_size"]
