@@ -224,6 +224,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
     from ..generation import generate_videos, terminate_as_interrupt
     from .evaluator import Evaluator, VideoReport
     from .plot import plot_curves
+    from .quality_score import derived_series
     from .report import write_json, write_tables
     from .series import mean_series
 
@@ -287,6 +288,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
             group = reports.get((variant, horizon), [])
             names = sorted({m for r in group for m in r.metrics})
             series = {m: mean_series(m, [r.metrics[m] for r in group if m in r.metrics]) for m in names}
+            series.update(derived_series(series))  # affine in the dimensions: the score of the means
             rows.append({"labels": {"variant": variant, "horizon (s)": f"{horizon:g}", "videos": len(group)},
                          "metrics": series})
             if group and series:

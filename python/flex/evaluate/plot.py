@@ -17,10 +17,11 @@ def plot_curves(path, curves: Mapping[str, Mapping[str, MetricSeries]], times: M
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from .quality_score import DERIVED
     from .registry import ALL_METRICS
     from .report import atomic_write_bytes
 
-    metrics = [m for m in ALL_METRICS if any(m in c for c in curves.values())]
+    metrics = [m for m in ALL_METRICS + DERIVED if any(m in c for c in curves.values())]
     if not metrics:
         raise ValueError("plot_curves: no metric curves to plot")
     cols = min(3, len(metrics))
