@@ -48,3 +48,30 @@ def plot_curves(path, curves: Mapping[str, Mapping[str, MetricSeries]], times: M
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_phase(path, reports: Mapping, title: str = "") -> Path:
+    """Write a PNG: the excess phase concentration of each policy over latent frames, peaks marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .report import atomic_write_bytes
+
+    fig, axes = plt.subplots(len(reports), 1, figsize=(10, 1.8 * len(reports) + 0.6), squeeze=False, sharex=True)
+    for ax, (name, r) in zip(axes[:, 0], reports.items()):
+        ax.plot(r.frames, r.excess, linewidth=0.8)
+        for frame, value in r.peaks[:5]:
+            ax.plot([frame], [value], "rv", markersize=5)
+            ax.annotate(str(frame), (frame, value), fontsize=7, xytext=(2, 2), textcoords="offset points")
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("latent frame")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
