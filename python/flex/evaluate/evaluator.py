@@ -19,6 +19,7 @@ from .quality_score import LABELS, derived_series
 from .registry import ALL_METRICS, check_metrics, metric_module
 from .segments import DEFAULT_SEGMENT_SECONDS, iter_segments, segment_length
 from .series import MetricSeries
+from .sink_collapse import SinkCollapseTracker
 from .windows import measure_windows
 
 REPORT_VERSION = 2  # 2: Δdrift windows per metric, derived quality scores
@@ -36,6 +37,7 @@ class VideoReport:
     metrics: dict[str, MetricSeries] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per metric, and "decode"
+    sink_collapse: dict | None = None  # flex.evaluate.sink_collapse: per-frame distance to the sink, events
 
     @property
     def seconds(self) -> float:
@@ -57,6 +59,7 @@ class VideoReport:
                          for a, b in self.segments],
             "metrics": {name: s.to_dict() for name, s in self.metrics.items()},
             "derived": {name: {**s.to_dict(), "label": LABELS[name]} for name, s in self.derived().items()},
+            "sink_collapse": self.sink_collapse,
             "errors": dict(self.errors), "timings_s": dict(self.timings),
         }
 
@@ -65,7 +68,8 @@ class VideoReport:
         return cls(video=d["video"], fps=d["fps"], frames=d["frames"], segment_seconds=d["segment_seconds"],
                    segments=[(s["start_frame"], s["stop_frame"]) for s in d["segments"]],
                    metrics={k: MetricSeries.from_dict(k, v) for k, v in d["metrics"].items()},
-                   errors=dict(d.get("errors", {})), timings=dict(d.get("timings_s", {})))
+                   errors=dict(d.get("errors", {})), timings=dict(d.get("timings_s", {})),
+                   sink_collapse=d.get("sink_collapse"))
 
 
 class Evaluator:
@@ -75,12 +79,14 @@ class Evaluator:
     weights_dir      the weights folder (default $FLEX_EVAL_WEIGHTS); see flex.evaluate.weights
     device           torch device for the models ("cpu", "cuda", "auto")
     segment_seconds  length of the segments the long-video view uses (VBench-Long's clips)
+    sink_latent_frames  the attention sink the sink-collapse check compares against (latent frames)
     """
 
     def __init__(self, metrics: Iterable[str] = ALL_METRICS, weights_dir=None, device="cpu",
-                 segment_seconds: float = DEFAULT_SEGMENT_SECONDS):
-        from ..checks import check_float
+                 segment_seconds: float = DEFAULT_SEGMENT_SECONDS, sink_latent_frames: int = 3):
+        from ..checks import check_float, check_int
 
+        self.sink_latent_frames = check_int("sink_latent_frames", sink_latent_frames, 1)
         self.metrics = check_metrics(metrics)
         self.segment_seconds = check_float("segment_seconds", segment_seconds, 0.0, low_open=True)
         self.device = _device(device)
@@ -110,6 +116,7 @@ class Evaluator:
         for m in live:
             report.metrics[m] = MetricSeries(m)
         stream = iter_segments(frames, length)
+        sink = SinkCollapseTracker(float(fps), self.sink_latent_frames)
         while True:
             t0 = time.perf_counter()
             try:
@@ -120,6 +127,7 @@ class Evaluator:
             report.timings["decode"] += time.perf_counter() - t0
             report.segments.append((start, stop))
             report.frames = stop
+            sink.update(start, seg)
             for m, scorer in list(live.items()):
                 t0 = time.perf_counter()
                 try:
@@ -130,6 +138,7 @@ class Evaluator:
                 report.timings[m] += time.perf_counter() - t0
             if on_segment is not None:
                 on_segment(len(report.segments))
+        report.sink_collapse = sink.result()
         if reopen is not None and live:
             t0 = time.perf_counter()
             windows, errors = measure_windows(reopen, report.frames, length, fps, live)
