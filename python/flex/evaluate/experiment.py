@@ -222,7 +222,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
     """Generate what is missing, evaluate what is new, write the table and the curves."""
     from .. import __version__
     from ..generation import generate_videos, terminate_as_interrupt
-    from .evaluator import Evaluator, VideoReport
+    from .evaluator import REPORT_VERSION, Evaluator, VideoReport
     from .plot import plot_curves
     from .quality_score import derived_series
     from .report import write_json, write_tables
@@ -261,6 +261,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
                 eval_path = exp.out / "eval" / video.relative_to(exp.out / "videos").with_suffix(".json")
                 cached = _read_json(eval_path)
                 if (cached is not None and cached.get("settings_hash") == digest
+                        and cached.get("version") == REPORT_VERSION
                         and cached.get("metrics_requested") == list(exp.metrics)
                         and cached.get("segment_seconds") == exp.segment_seconds):
                     report = VideoReport.from_dict(cached)
