@@ -13,7 +13,10 @@ import torch
 from flex.evaluate import Evaluator, MetricSeries, MissingWeightsError
 from flex.evaluate import quality_score as Q
 from flex.evaluate import weights as W
+from flex.evaluate.aesthetic_quality import aesthetic_score
 from flex.evaluate.amt import AMTS
+from flex.evaluate.consistency import consistency
+from flex.evaluate.dynamic_degree import thresholds, top5_mean
 from flex.evaluate.motion_smoothness import build_amt, pad_amount, smoothness
 from flex.evaluate.windows import window_bounds, window_frames
 
@@ -75,6 +78,52 @@ def test_temporal_flickering_matches_vbench():
     frames = R.synthetic_video(*case["video"])
     report = Evaluator(["temporal_flickering"], segment_seconds=100.0).evaluate_frames(frames, 16)
     assert abs(report.metrics["temporal_flickering"].mean - case["score"]) < 1e-6
+
+
+# ------------------------------------------------------------------ VBench's loops on toy features
+
+
+def _toy_input():
+    frames = R.synthetic_video(*FIXTURES["consistency"]["video"])
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+
+
+@pytest.mark.parametrize("dimension", ["subject", "background"])
+def test_consistency_matches_vbench_loops(dimension):
+    got = consistency(R.toy_encoder(_toy_input()))
+    assert abs(got - FIXTURES["consistency"][dimension]) < 1e-6
+
+
+def test_aesthetic_score_matches_vbench_loop():
+    got = aesthetic_score(R.toy_encoder(_toy_input()), R.toy_head())
+    assert abs(got - FIXTURES["consistency"]["aesthetic"]) < 1e-6
+
+
+def test_dynamic_degree_matches_vbench(monkeypatch, tmp_path):
+    from flex.evaluate import dynamic_degree as dd
+
+    case = FIXTURES["dynamic"]
+
+    class ToyRaft(torch.nn.Module):  # our RAFT call: frames padded, in [-1, 1]
+        def forward(self, a, b, num_flow_updates):
+            return [R.toy_flow((a + 1) / 2 * 255.0, (b + 1) / 2 * 255.0)]
+
+    scores = []
+
+    def recording_top5(flow):
+        scores.append(top5_mean(flow))
+        return scores[-1]
+
+    monkeypatch.setattr(dd, "find_raft", lambda weights_dir: (tmp_path, "large"))
+    monkeypatch.setattr(dd, "load_state_dict", lambda path, metric: {})
+    monkeypatch.setattr(dd, "build_raft", lambda state, size: ToyRaft())
+    monkeypatch.setattr(dd, "top5_mean", recording_top5)
+    frames = R.synthetic_video(*case["video"])
+    value = dd.load(None, torch.device("cpu"))(frames, 8)  # 8 fps: every frame is taken, as in VBench
+    assert np.abs(np.array(scores) - np.array(case["scores"])).max() < 1e-6
+    h, w = frames.shape[1:3]
+    assert thresholds(h, w, len(frames)) == (case["params"]["thres"], case["params"]["count_num"])
+    assert value == float(case["moves"])
 
 
 # ------------------------------------------------------------------ AMT-S and motion smoothness

@@ -10,8 +10,9 @@ Upstream code, checked out beside this repository or anywhere (pass the folders)
     python tests/fixtures_scripts/record_vbench.py VBENCH_DIR AMT_DIR
 
 Needs torch, numpy, opencv-python(-headless), omegaconf, pillow and imageio (VBench's and AMT's
-imports); vbench/__init__.py and vbench/utils.py (decord, torchvision) are stubbed out, nothing
-else of theirs is changed. AMT-S gets seeded random weights from :func:`seeded_state_dict`, which
+imports); vbench/__init__.py and vbench/utils.py (decord, torchvision) are stubbed out, and so are
+the model-loading imports (clip, torchvision, easydict) of the dimensions whose loops are run on
+toy features; nothing else of theirs is changed. AMT-S gets seeded random weights from :func:`seeded_state_dict`, which
 the tests call with the key names and shapes stored in the fixture, so the fixture stays small.
 """
 from __future__ import annotations
@@ -31,6 +32,8 @@ OUT = Path(__file__).resolve().parents[1] / "data" / "vbench_fixtures.pt"
 FLICKER_VIDEO = (9, 24, 40, 1)
 AMT_PAIR = (2, 128, 144, 2)
 SMOOTH_VIDEOS = ((5, 120, 136, 3), (4, 128, 128, 4))  # odd and even counts; 120x136 is padded
+CONSISTENCY_VIDEO = (6, 32, 48, 5)
+DYNAMIC_VIDEO = (9, 36, 44, 6)  # 36x44 is padded to 40x48 for RAFT
 
 
 def seeded_state_dict(shapes: dict) -> dict:
@@ -62,6 +65,26 @@ def synthetic_video(n: int, h: int, w: int, seed: int):
     return np.stack(frames)
 
 
+def toy_encoder(x: torch.Tensor) -> torch.Tensor:
+    """A fixed stand-in for DINO / CLIP image features: [N, 3, H, W] -> [N, 16] (8x8 average
+    pooling, then a seeded projection), so VBench's aggregation loops can be driven exactly."""
+    pooled = torch.nn.functional.adaptive_avg_pool2d(x.double(), 4).flatten(1)  # [N, 48]
+    w = seeded_state_dict({"w": (48, 16)})["w"].double() * 8 - 0.5
+    return (pooled @ w).float()
+
+
+def toy_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A fixed stand-in for RAFT's flow of frames in 0..255 ([1, 3, H, W] -> [1, 2, H, W])."""
+    d = (b - a).double().mean(1, keepdim=True) / 255.0
+    return torch.cat([4.6 * d, 3.45 * d.abs()], 1).float()
+
+
+def toy_head() -> torch.nn.Linear:
+    head = torch.nn.Linear(16, 1)
+    head.load_state_dict(seeded_state_dict({"weight": (1, 16), "bias": (1,)}))
+    return head.eval()
+
+
 def _vbench_modules(root: Path):
     sys.path.insert(0, str(root))
     sys.path.insert(0, str(root / "scripts"))
@@ -70,7 +93,15 @@ def _vbench_modules(root: Path):
     sys.modules["vbench"] = package
     utils = types.ModuleType("vbench.utils")
     utils.load_dimension_info = None  # used only by the compute_* entry points, not here
+    # the frames of "toy.mp4" as VBench's load_video gives them: float [T, 3, H, W] in 0..255
+    utils.load_video = lambda path: torch.from_numpy(synthetic_video(*CONSISTENCY_VIDEO)).permute(0, 3, 1, 2).float()
+    utils.dino_transform = utils.clip_transform = lambda size: (lambda x: x / 255.0)  # no resizing here
+    utils.dino_transform_Image = None  # read_frame=True only
     sys.modules["vbench.utils"] = utils
+    for name in ("clip", "torchvision", "torchvision.transforms"):  # imported, not used by the loops
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    sys.modules["easydict"] = types.SimpleNamespace(EasyDict=dict)
     return (importlib.import_module("cal_final_score"), importlib.import_module("vbench.temporal_flickering"),
             importlib.import_module("vbench.motion_smoothness"))
 
@@ -130,6 +161,38 @@ def main(vbench_dir: str, amt_dir: str) -> None:
             score = float(scorer.motion_score(tmp))
         smooth.append({"video": spec, "score": score})
     out["motion_smoothness"] = smooth
+
+    # subject / background consistency and aesthetic quality: VBench's loops on toy features
+    subject = importlib.import_module("vbench.subject_consistency")
+    background = importlib.import_module("vbench.background_consistency")
+    aesthetic = importlib.import_module("vbench.aesthetic_quality")
+    clip_like = types.SimpleNamespace(encode_image=toy_encoder, eval=lambda: None)
+    out["consistency"] = {
+        "video": CONSISTENCY_VIDEO,
+        "subject": subject.subject_consistency(toy_encoder, ["toy.mp4"], "cpu", False)[1][0]["video_results"],
+        "background": background.background_consistency(clip_like, None, ["toy.mp4"], "cpu", False)[1][0][
+            "video_results"],
+        "aesthetic": aesthetic.laion_aesthetic(toy_head(), clip_like, ["toy.mp4"], "cpu")[1][0]["video_results"],
+    }
+
+    # dynamic degree: VBench's DynamicDegree (padding, top-5% score, thresholds, decision) on toy flows
+    dynamic = importlib.import_module("vbench.dynamic_degree")
+    dd = dynamic.DynamicDegree.__new__(dynamic.DynamicDegree)
+    dd.device = "cpu"
+    scores = []
+
+    def fake_raft(image1, image2, iters, test_mode):
+        flow = toy_flow(image1, image2)
+        scores.append(dd.get_score(image1, flow))
+        return None, flow
+
+    dd.model = fake_raft
+    frames = synthetic_video(*DYNAMIC_VIDEO)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, f in enumerate(frames):
+            cv2.imwrite(f"{tmp}/{i:03d}.png", f[..., ::-1])
+        moves = bool(dd.infer(tmp))
+    out["dynamic"] = {"video": DYNAMIC_VIDEO, "scores": scores, "params": dict(dd.params), "moves": moves}
 
     OUT.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, OUT)
