@@ -116,3 +116,23 @@ def test_overlapping_segments_are_counted_once():
     whole = SinkCollapseTracker(8.0)
     whole.update(0, torch.from_numpy(frames))
     assert tracker.distances == whole.distances and len(tracker.distances) == 23
+
+
+def test_cli_report_has_delta_drift_sink_distance_and_quality_columns(tmp_path, capsys):
+    from flex.cli import main
+    from flex.video import write_video
+
+    frames, _ = _video_returning_to_the_sink(n=64, h=32, w=48)
+    write_video(tmp_path / "v.mp4", frames, fps=8)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tmp_path / "v.mp4"), "--free", "--out", str(out), "--no-progress",
+                 "--segment-seconds", "2"]) == 0
+    report = json.loads((out / "v.json").read_text())
+    assert report["version"] == 2 and report["derived"] == {}  # no quality dimensions measured
+    energy = report["metrics"]["motion_energy"]
+    assert energy["delta_drift"] == pytest.approx(abs(energy["head_15pct"] - energy["tail_15pct"]))
+    assert len(report["sink_collapse"]["distance"]) == 64
+    assert [e["frame"] for e in report["sink_collapse"]["events"]] == [40]  # survives the mp4 round trip
+    assert "sink collapse: v.mp4 frame 40" in capsys.readouterr().err
+    assert "motion_energy Δdrift" in (out / "summary.csv").read_text().splitlines()[0]
+    assert main(["evaluate", "--out", str(out)]) == 2  # neither videos nor --phase
