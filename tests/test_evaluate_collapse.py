@@ -136,3 +136,19 @@ def test_cli_report_has_delta_drift_sink_distance_and_quality_columns(tmp_path, 
     assert "sink collapse: v.mp4 frame 40" in capsys.readouterr().err
     assert "motion_energy Δdrift" in (out / "summary.csv").read_text().splitlines()[0]
     assert main(["evaluate", "--out", str(out)]) == 2  # neither videos nor --phase
+
+
+def test_feature_distance_with_an_encoder():
+    frames, sink = _video_returning_to_the_sink()
+
+    def encoder(x):  # mean colour per channel, centred: a 3-d feature
+        return x.double().mean((1, 2)) - 127.5
+
+    tracker = SinkCollapseTracker(8.0, encoder=encoder)
+    tracker.update(0, torch.from_numpy(frames))
+    result = tracker.result()
+    f = [encoder(torch.from_numpy(frames[t:t + 1]))[0] for t in (0, 20)]
+    cos = float(f[0] @ f[1] / f[0].norm() / f[1].norm())
+    assert result["feature_distance"][20] == pytest.approx(1 - cos)
+    assert result["feature_distance"][41] == pytest.approx(0.0, abs=1e-12)
+    assert len(result["normalised_feature_distance"]) == 60 and "feature_events" in result

@@ -116,7 +116,8 @@ class Evaluator:
         for m in live:
             report.metrics[m] = MetricSeries(m)
         stream = iter_segments(frames, length)
-        sink = SinkCollapseTracker(float(fps), self.sink_latent_frames)
+        sink = SinkCollapseTracker(float(fps), self.sink_latent_frames,
+                                   encoder=getattr(self.scorers.get("subject_consistency"), "features", None))
         while True:
             t0 = time.perf_counter()
             try:

@@ -13,10 +13,15 @@ The sink is the first ``sink_latent_frames`` latent frames = 4 * n - 3 pixel fra
 latent 0 is one frame, the others four each; 3 latent frames -> 9 frames). A collapse event is
 a frame whose normalised distance falls below ``drop`` times the median of the preceding
 ``window_seconds`` (the first frame of each such fall is reported, with its index and time).
+
+With an ``encoder`` (uint8 frames [T, H, W, 3] -> features [T, D]; the evaluator passes DINO's
+CLS feature when subject consistency is measured) the same is done on the feature distance
+1 - max over sink frames of the cosine similarity ("feature_distance", "feature_events").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +68,11 @@ class SinkCollapseTracker:
     sink_latent_frames: int = 3
     drop: float = DROP
     window_seconds: float = WINDOW_SECONDS
+    encoder: Callable | None = None
     sinks: list = field(default_factory=list)
     distances: list = field(default_factory=list)
+    sink_features: list = field(default_factory=list)
+    feature_distances: list = field(default_factory=list)
     seen: int = 0
 
     def __post_init__(self):
@@ -78,24 +86,38 @@ class SinkCollapseTracker:
         skip = self.seen - start
         if skip >= frames.shape[0]:
             return
-        x = small(frames[max(0, skip):])
-        for row in x:
+        new = frames[max(0, skip):]
+        feats = None if self.encoder is None else F.normalize(self.encoder(new).double(), dim=-1)
+        for k, row in enumerate(small(new)):
             if self.seen < self.n_sink:
                 self.sinks.append(row)
                 self.distances.append(0.0)
             else:
                 d = torch.stack(self.sinks) - row
                 self.distances.append(float(d.pow(2).mean(1).sqrt().min()))
+            if feats is not None:
+                if self.seen < self.n_sink:
+                    self.sink_features.append(feats[k])
+                    self.feature_distances.append(0.0)
+                else:
+                    self.feature_distances.append(1.0 - float((torch.stack(self.sink_features) @ feats[k]).max()))
             self.seen += 1
 
-    def result(self) -> dict:
-        top = max(self.distances, default=0.0)
-        normalised = [d / top if top > 0 else 0.0 for d in self.distances]
+    def _events(self, distances: list[float]) -> tuple[list[float], list[dict]]:
+        top = max(distances, default=0.0)
+        normalised = [d / top if top > 0 else 0.0 for d in distances]
         window = max(2, round(self.window_seconds * self.fps))
-        events = collapse_events(normalised, self.n_sink, window, self.drop) if len(self.sinks) == self.n_sink else []
-        return {
-            "fps": self.fps, "sink_frames": self.n_sink, "drop": self.drop, "window_frames": window,
-            "distance": self.distances, "normalised_distance": normalised,
-            "events": [{"frame": t, "time_s": t / self.fps, "latent_frame": (t + 3) // 4,
-                        "normalised_distance": normalised[t]} for t in events],
-        }
+        events = collapse_events(normalised, self.n_sink, window, self.drop) if self.seen > self.n_sink else []
+        return normalised, [{"frame": t, "time_s": t / self.fps, "latent_frame": (t + 3) // 4,
+                             "normalised_distance": normalised[t]} for t in events]
+
+    def result(self) -> dict:
+        normalised, events = self._events(self.distances)
+        out = {"fps": self.fps, "sink_frames": self.n_sink, "drop": self.drop,
+               "window_frames": max(2, round(self.window_seconds * self.fps)),
+               "distance": self.distances, "normalised_distance": normalised, "events": events}
+        if self.encoder is not None:
+            normalised, events = self._events(self.feature_distances)
+            out.update(feature_distance=self.feature_distances, normalised_feature_distance=normalised,
+                       feature_events=events)
+        return out
