@@ -2,7 +2,8 @@
 
 A table has one row per video (or variant) and, per metric, its mean, its drift (last
 segment minus first) and FramePack's Δdrift (|first 15 % - last 15 %|); VBench's Quality Score
-and the plain quality mean come last when all seven quality dimensions were measured. Files appear complete or not at all (temporary file + os.replace).
+and the plain quality mean come last when all seven quality dimensions were measured.
+Files appear complete or not at all (temporary file + os.replace).
 """
 from __future__ import annotations
 
