@@ -23,6 +23,7 @@ def _metric_list(text: str) -> tuple[str, ...]:
 
 def add_parser(subparsers) -> None:
     """Add the ``evaluate`` and ``experiment`` subcommands to an argparse subparsers object."""
+    from ..rope import STRATEGIES
     from ..evaluate.registry import ALL_METRICS, HEALTH_METRICS
     from ..evaluate.segments import DEFAULT_SEGMENT_SECONDS
     from ..evaluate.weights import ENV
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> None:
                f"exit status: 0 done, 1 a metric or video failed (the rest still ran), 2 bad argument, "
                f"130 interrupted",
     )
-    ev.add_argument("inputs", nargs="+", metavar="VIDEO_OR_FOLDER", help="mp4 files or folders of them")
+    ev.add_argument("inputs", nargs="*", metavar="VIDEO_OR_FOLDER", help="mp4 files or folders of them")
     ev.add_argument("--out", default="evaluation", help="results folder (default: %(default)s)")
     which = ev.add_mutually_exclusive_group()
     which.add_argument("--metrics", type=_metric_list, default=None,
@@ -47,6 +48,13 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     ev.add_argument("--no-plot", action="store_true", help="do not write the PNG curves")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    phase = ev.add_argument_group("RoPE phase concentration (no videos, no weights: predicts sink-collapse frames)")
+    phase.add_argument("--phase", action="store_true", help="write phase.json / phase.png for --rope strategies")
+    phase.add_argument("--rope", type=_metric_list, default=None,
+                       help=f"comma-separated strategies of flex.rope (default: all: {', '.join(STRATEGIES)})")
+    phase.add_argument("--seconds", type=float, default=240.0, help="video length (default: %(default)s)")
+    phase.add_argument("--preset", choices=("self-forcing", "longlive"), default="self-forcing",
+                       help="sink, window and L_train of the model (default: %(default)s)")
     ev.set_defaults(run=run_evaluate)
 
     ex = subparsers.add_parser(
@@ -76,6 +84,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate.frames import find_videos
     from ..evaluate.registry import ALL_METRICS, HEALTH_METRICS, check_metrics
 
+    if args.phase:
+        return run_phase(args)
+    if not args.inputs:
+        _log("error: give videos or folders to evaluate (or --phase)")
+        return EXIT_USAGE
     metrics = HEALTH_METRICS if args.free else (args.metrics or ALL_METRICS)
     try:  # the cheap checks first, the models last
         check_metrics(metrics)
@@ -95,6 +108,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     _log(f"{len(reports)} video(s) evaluated; results in {args.out}/ (summary.md, summary.csv)")
     return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
+
+
+def run_phase(args: argparse.Namespace) -> int:
+    """``flex evaluate --phase``: the phase concentration curve and predicted collapses per strategy."""
+    from ..config import FlexConfig
+    from ..rope import STRATEGIES
+    from ..evaluate.phase import write_phase_reports
+
+    base = FlexConfig.longlive() if args.preset == "longlive" else FlexConfig()
+    try:
+        configs = {s: base.replace(strategy=s) for s in (args.rope or STRATEGIES)}
+        reports = write_phase_reports(args.out, configs, args.seconds, plot=not args.no_plot)
+    except ValueError as err:
+        _log(f"error: {err}")
+        return EXIT_USAGE
+    for name, r in reports.items():
+        peaks = ", ".join(f"{f} ({e:.3f})" for f, e in r.peaks[:5]) or "none"
+        print(f"{name}: predicted collapse latent frames (excess): {peaks}")
+    _log(f"results in {args.out}/ (phase.json, phase.png)")
+    return EXIT_OK
 
 
 def run_experiment(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Evaluating a batch of videos into a results folder.
 
-    <out>/<video>.json    the video's report (every metric per segment, mean, drift, timings)
-    <out>/<video>.png     its curves over time
+    <out>/<video>.json    the video's report (every metric per segment, mean, drift, Δdrift, VBench's
+                          Quality Score, the per-frame distance to the sink and collapse events, timings)
+    <out>/<video>.png     its curves over time and the distance to the sink
     <out>/summary.csv     one row per video: each metric's mean and drift
     <out>/summary.md      the same as a markdown table
 """
@@ -45,9 +46,13 @@ def evaluate_to_folder(inputs: Sequence, out, evaluator: Evaluator, *, plot: boo
             bar.close()
         json_path, png_path = report_paths(out, video)
         write_json(json_path, report.to_dict())
-        if plot and report.metrics:
-            plot_curves(png_path, {video.name: report.metrics}, {video.name: report.segment_centres()},
-                        title=video.name)
+        if plot and (report.metrics or report.sink_collapse):
+            plot_curves(png_path, {video.name: {**report.metrics, **report.derived()}},
+                        {video.name: report.segment_centres()}, title=video.name,
+                        sink={video.name: report.sink_collapse})
+        for event in (report.sink_collapse or {}).get("events", []):
+            log(f"sink collapse: {video.name} frame {event['frame']} ({event['time_s']:.2f} s, latent frame "
+                f"{event['latent_frame']}): distance to the sink fell to {event['normalised_distance']:.3f}")
         for name, message in report.errors.items():
             if name not in evaluator.load_errors:
                 log(f"error: {video}: {message}")

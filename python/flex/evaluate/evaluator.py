@@ -15,11 +15,14 @@ import numpy as np
 
 from .frames import iter_video_frames, video_fps
 from .pixels import as_frames
+from .quality_score import LABELS, derived_series
 from .registry import ALL_METRICS, check_metrics, metric_module
 from .segments import DEFAULT_SEGMENT_SECONDS, iter_segments, segment_length
 from .series import MetricSeries
+from .sink_collapse import SinkCollapseTracker
+from .windows import measure_windows
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: Δdrift windows per metric, derived quality scores
 
 
 @dataclass
@@ -34,6 +37,7 @@ class VideoReport:
     metrics: dict[str, MetricSeries] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per metric, and "decode"
+    sink_collapse: dict | None = None  # flex.evaluate.sink_collapse: per-frame distance to the sink, events
 
     @property
     def seconds(self) -> float:
@@ -43,6 +47,10 @@ class VideoReport:
         """Centre of each segment in seconds (the x of the curves)."""
         return [(a + b) / 2 / self.fps for a, b in self.segments]
 
+    def derived(self) -> dict[str, MetricSeries]:
+        """VBench's Quality Score and the plain quality mean (when all seven dimensions were measured)."""
+        return derived_series(self.metrics)
+
     def to_dict(self) -> dict:
         return {
             "version": REPORT_VERSION, "video": self.video, "fps": self.fps, "frames": self.frames,
@@ -50,6 +58,8 @@ class VideoReport:
             "segments": [{"start_frame": a, "stop_frame": b, "start_s": a / self.fps, "stop_s": b / self.fps}
                          for a, b in self.segments],
             "metrics": {name: s.to_dict() for name, s in self.metrics.items()},
+            "derived": {name: {**s.to_dict(), "label": LABELS[name]} for name, s in self.derived().items()},
+            "sink_collapse": self.sink_collapse,
             "errors": dict(self.errors), "timings_s": dict(self.timings),
         }
 
@@ -57,8 +67,9 @@ class VideoReport:
     def from_dict(cls, d: dict) -> "VideoReport":
         return cls(video=d["video"], fps=d["fps"], frames=d["frames"], segment_seconds=d["segment_seconds"],
                    segments=[(s["start_frame"], s["stop_frame"]) for s in d["segments"]],
-                   metrics={k: MetricSeries(k, list(v["segments"])) for k, v in d["metrics"].items()},
-                   errors=dict(d.get("errors", {})), timings=dict(d.get("timings_s", {})))
+                   metrics={k: MetricSeries.from_dict(k, v) for k, v in d["metrics"].items()},
+                   errors=dict(d.get("errors", {})), timings=dict(d.get("timings_s", {})),
+                   sink_collapse=d.get("sink_collapse"))
 
 
 class Evaluator:
@@ -68,12 +79,14 @@ class Evaluator:
     weights_dir      the weights folder (default $FLEX_EVAL_WEIGHTS); see flex.evaluate.weights
     device           torch device for the models ("cpu", "cuda", "auto")
     segment_seconds  length of the segments the long-video view uses (VBench-Long's clips)
+    sink_latent_frames  the attention sink the sink-collapse check compares against (latent frames)
     """
 
     def __init__(self, metrics: Iterable[str] = ALL_METRICS, weights_dir=None, device="cpu",
-                 segment_seconds: float = DEFAULT_SEGMENT_SECONDS):
-        from ..checks import check_float
+                 segment_seconds: float = DEFAULT_SEGMENT_SECONDS, sink_latent_frames: int = 3):
+        from ..checks import check_float, check_int
 
+        self.sink_latent_frames = check_int("sink_latent_frames", sink_latent_frames, 1)
         self.metrics = check_metrics(metrics)
         self.segment_seconds = check_float("segment_seconds", segment_seconds, 0.0, low_open=True)
         self.device = _device(device)
@@ -86,8 +99,15 @@ class Evaluator:
                 self.load_errors[name] = str(err) if str(err).startswith(name) else f"{name}: {err}"
 
     def evaluate_frames(self, frames: Iterable[np.ndarray], fps: float, name: str = "<frames>",
-                        on_segment: Callable[[int], None] | None = None) -> VideoReport:
-        """Evaluate a stream (or array [T, H, W, 3]) of uint8 RGB frames at ``fps``."""
+                        on_segment: Callable[[int], None] | None = None,
+                        reopen: Callable[[], Iterable[np.ndarray]] | None = None) -> VideoReport:
+        """Evaluate a stream (or array [T, H, W, 3]) of uint8 RGB frames at ``fps``.
+
+        Δdrift (the first and last 15 % of the frames, :mod:`flex.evaluate.windows`) needs the
+        frames twice: ``reopen()`` gives a fresh stream (an array or tensor is its own).
+        """
+        if reopen is None and hasattr(frames, "shape"):
+            reopen = lambda: frames  # noqa: E731
         length = segment_length(self.segment_seconds, fps)
         report = VideoReport(video=name, fps=float(fps), frames=0, segment_seconds=self.segment_seconds,
                              errors=dict(self.load_errors))
@@ -96,6 +116,8 @@ class Evaluator:
         for m in live:
             report.metrics[m] = MetricSeries(m)
         stream = iter_segments(frames, length)
+        sink = SinkCollapseTracker(float(fps), self.sink_latent_frames,
+                                   encoder=getattr(self.scorers.get("subject_consistency"), "features", None))
         while True:
             t0 = time.perf_counter()
             try:
@@ -106,6 +128,7 @@ class Evaluator:
             report.timings["decode"] += time.perf_counter() - t0
             report.segments.append((start, stop))
             report.frames = stop
+            sink.update(start, seg)
             for m, scorer in list(live.items()):
                 t0 = time.perf_counter()
                 try:
@@ -116,11 +139,20 @@ class Evaluator:
                 report.timings[m] += time.perf_counter() - t0
             if on_segment is not None:
                 on_segment(len(report.segments))
+        report.sink_collapse = sink.result()
+        if reopen is not None and live:
+            t0 = time.perf_counter()
+            windows, errors = measure_windows(reopen, report.frames, length, fps, live)
+            for m, (head, tail) in windows.items():
+                report.metrics[m].head, report.metrics[m].tail = head, tail
+            report.errors.update(errors)
+            report.timings["delta_drift_windows"] = time.perf_counter() - t0
         return report
 
     def evaluate_video(self, path, on_segment=None) -> VideoReport:
         """Evaluate one video file (decoded as a stream: memory holds one segment)."""
-        return self.evaluate_frames(iter_video_frames(path), video_fps(path), name=str(path), on_segment=on_segment)
+        return self.evaluate_frames(iter_video_frames(path), video_fps(path), name=str(path), on_segment=on_segment,
+                                    reopen=lambda: iter_video_frames(path))
 
 
 def _device(name):

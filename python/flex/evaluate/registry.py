@@ -7,9 +7,8 @@ from importlib import import_module
 HEALTH_METRICS = ("motion_energy", "frozen_fraction", "saturation", "contrast", "sharpness",
                   "temporal_flickering")
 # VBench's custom-video dimensions that need model weights (see flex.evaluate.weights).
-# Motion smoothness (AMT-S) is left out: AMT has no maintained installable implementation.
 MODEL_METRICS = ("subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
-                 "dynamic_degree")
+                 "dynamic_degree", "motion_smoothness")
 ALL_METRICS = HEALTH_METRICS + MODEL_METRICS
 
 _MODULES = {
@@ -17,7 +16,7 @@ _MODULES = {
     "contrast": "contrast", "sharpness": "sharpness", "temporal_flickering": "temporal_flickering",
     "subject_consistency": "subject_consistency", "background_consistency": "background_consistency",
     "aesthetic_quality": "aesthetic_quality", "imaging_quality": "imaging_quality",
-    "dynamic_degree": "dynamic_degree",
+    "dynamic_degree": "dynamic_degree", "motion_smoothness": "motion_smoothness",
 }
 
 

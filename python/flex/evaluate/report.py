@@ -1,7 +1,9 @@
 """Writing results: a JSON per video, a CSV and a markdown table per folder, all atomically.
 
-A table has one row per video (or variant) and, per metric, its mean and its drift (last
-segment minus first). Files appear complete or not at all (temporary file + os.replace).
+A table has one row per video (or variant) and, per metric, its mean, its drift (last
+segment minus first) and FramePack's Δdrift (|first 15 % - last 15 %|); VBench's Quality Score
+and the plain quality mean come last when all seven quality dimensions were measured.
+Files appear complete or not at all (temporary file + os.replace).
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from .quality_score import DERIVED
 from .registry import ALL_METRICS
+
+COLUMN_KINDS = {"": "mean", "drift": "drift", "Δdrift": "delta_drift"}
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -53,26 +58,27 @@ def _umask() -> int:
 
 
 def table_columns(rows: Sequence[dict]) -> list[str]:
-    """Metric columns present in any row, in the canonical order: ``<metric>``, ``<metric> drift``."""
+    """Metric columns present in any row, in the canonical order: ``<metric>``, ``<metric> drift``,
+    ``<metric> Δdrift``."""
     present = {m for r in rows for m in r["metrics"]}
     cols = []
-    for m in ALL_METRICS:
+    for m in ALL_METRICS + DERIVED:
         if m in present:
-            cols += [m, f"{m} drift"]
+            cols += [f"{m} {kind}".strip() for kind in COLUMN_KINDS]
     return cols
 
 
 def _cell(row: dict, col: str):
-    metric, _, drift = col.partition(" ")
+    metric, _, kind = col.partition(" ")
     series = row["metrics"].get(metric)
     if series is None:
         return float("nan")
-    return series.drift if drift else series.mean
+    return getattr(series, COLUMN_KINDS[kind])
 
 
 def rows_from_reports(reports) -> list[dict]:
     """Table rows of video reports: {"labels": {"video": name}, "metrics": {name: MetricSeries}}."""
-    return [{"labels": {"video": Path(r.video).name}, "metrics": r.metrics} for r in reports]
+    return [{"labels": {"video": Path(r.video).name}, "metrics": {**r.metrics, **r.derived()}} for r in reports]
 
 
 def csv_table(rows: Sequence[dict]) -> str:

@@ -17,7 +17,11 @@ WEIGHTS = (DINO,)
 def load(weights_dir, device):
     model = load_vit(weights_dir, DINO, NAME, device)
 
-    def segment_value(frames, fps: float) -> float:
-        return consistency(batched_features(lambda x: dino_cls(model, x), dino_input(frames), device))
+    def features(frames):
+        return batched_features(lambda x: dino_cls(model, x), dino_input(frames), device)
 
+    def segment_value(frames, fps: float) -> float:
+        return consistency(features(frames))
+
+    segment_value.features = features  # the sink-collapse check's feature distance uses them too
     return segment_value

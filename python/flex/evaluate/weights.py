@@ -8,6 +8,7 @@
       musiq/            musiq_spaq_ckpt-358bb6af.pth        pyiqa MUSIQ trained on SPAQ
       raft/             raft_large_C_T_V1-22a6c225.pth      torchvision raft_large state dict (C+T)
                         (or raft_small_C_T_V1-ad48884c.pth: faster, not what VBench uses)
+      amt/              amt-s.pth                           AMT-S frame interpolation (MCG-NKU/AMT release)
 
 Nothing is ever downloaded: a missing file raises :class:`MissingWeightsError`, which names
 the file and the metric that needs it.
@@ -26,6 +27,7 @@ AESTHETIC_HEAD = "laion_aesthetic/sa_0_4_vit_l_14_linear.pth"
 MUSIQ_SPAQ = "musiq/musiq_spaq_ckpt-358bb6af.pth"
 RAFT_LARGE = "raft/raft_large_C_T_V1-22a6c225.pth"
 RAFT_SMALL = "raft/raft_small_C_T_V1-ad48884c.pth"
+AMT_S = "amt/amt-s.pth"
 
 LAYOUT = {  # path under the weights folder -> what it holds and where it comes from
     DINO: "DINO ViT-B/16: a transformers ViTModel folder (config.json + model.safetensors), "
@@ -38,6 +40,8 @@ LAYOUT = {  # path under the weights folder -> what it holds and where it comes 
     MUSIQ_SPAQ: "MUSIQ trained on SPAQ, the pyiqa release file of that name",
     RAFT_LARGE: "torchvision's raft_large weights Raft_Large_Weights.C_T_V1 (the original RAFT 'things' model)",
     RAFT_SMALL: "torchvision's raft_small weights Raft_Small_Weights.C_T_V1 (used only when raft_large is absent)",
+    AMT_S: "AMT-S frame interpolation weights, the amt-s.pth that AMT (MCG-NKU/AMT) releases and VBench downloads "
+           "into pretrained/amt_model/",
 }
 
 

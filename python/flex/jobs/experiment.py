@@ -222,12 +222,13 @@ def _read_json(path: Path) -> dict | None:
 def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str], None] = print) -> ExperimentResult:
     """Generate what is missing, evaluate what is new, write the table and the curves."""
     from .. import __version__
-    from .generate import generate_videos
-    from .interrupt import terminate_as_interrupt
-    from ..evaluate.evaluator import Evaluator, VideoReport
+    from ..evaluate.evaluator import REPORT_VERSION, Evaluator, VideoReport
     from ..evaluate.plot import plot_curves
+    from ..evaluate.quality_score import derived_series
     from ..evaluate.report import write_json, write_tables
     from ..evaluate.series import mean_series
+    from .generate import generate_videos
+    from .interrupt import terminate_as_interrupt
 
     commit = source_commit()
 
@@ -262,6 +263,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
                 eval_path = exp.out / "eval" / video.relative_to(exp.out / "videos").with_suffix(".json")
                 cached = _read_json(eval_path)
                 if (cached is not None and cached.get("settings_hash") == digest
+                        and cached.get("version") == REPORT_VERSION
                         and cached.get("metrics_requested") == list(exp.metrics)
                         and cached.get("segment_seconds") == exp.segment_seconds):
                     report = VideoReport.from_dict(cached)
@@ -289,6 +291,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
             group = reports.get((variant, horizon), [])
             names = sorted({m for r in group for m in r.metrics})
             series = {m: mean_series(m, [r.metrics[m] for r in group if m in r.metrics]) for m in names}
+            series.update(derived_series(series))  # affine in the dimensions: the score of the means
             rows.append({"labels": {"variant": variant, "horizon (s)": f"{horizon:g}", "videos": len(group)},
                          "metrics": series})
             if group and series:
