@@ -25,8 +25,10 @@ from pathlib import Path
 from .. import cli as flex_cli
 from ..cli import CliError
 from ..pipeline import RECACHE_MODES
+from .access import check_origin
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
+CONNECTION_LIMIT = 64  # open connections (idle ones included); more are answered 503
 DEFAULT_PROMPT = "a red fox runs through fresh snow, cinematic, golden hour"
 
 
@@ -52,6 +54,14 @@ def add_parser(subparsers, defaults: bool = True) -> argparse.ArgumentParser:
     server.add_argument("--host", default=d(DEFAULT_HOST),
                         help="address to listen on (0.0.0.0: every interface, reachable by anyone on the network)")
     server.add_argument("--port", type=int, default=d(DEFAULT_PORT), help="TCP port (0: any free port)")
+    server.add_argument("--allow-origin", action="append", default=d([]), metavar="URL",
+                        help="also accept pages served from this origin (scheme://host[:port], e.g. a reverse "
+                             "proxy's https://demo.example.org); repeatable. Other sites' pages are refused")
+    server.add_argument("--idle-timeout", type=float, default=d(600.0), metavar="SECONDS",
+                        help="close the connection that owns the model after this long without a message "
+                             "from it while no stream runs")
+    server.add_argument("--max-session", type=float, default=d(3600.0), metavar="SECONDS",
+                        help="close the connection that owns the model after this long in all")
     if not any(a.dest == "recache" for a in p._actions):  # unless flex generate has it already
         server.add_argument("--recache", choices=RECACHE_MODES, default=d("window"),
                             help="KV re-cache at a prompt switch: window = recompute the window frames under the "
@@ -74,6 +84,14 @@ def check_args(args, explicit: set[str] | None = None):
         raise CliError(f"--out must be a folder for flex serve (saved videos are named by time), got {args.out!r}")
     if not 0 <= args.port <= 65535:
         raise CliError(f"--port must be in [0, 65535], got {args.port}")
+    for flag in ("idle_timeout", "max_session"):
+        if not 0 < getattr(args, flag) < float("inf"):
+            raise CliError(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
+    for origin in args.allow_origin:
+        try:
+            check_origin(origin)
+        except ValueError as err:
+            raise CliError(f"--allow-origin: {err}") from None
     if args.prompt is None and args.prompts is None:
         args.prompt = DEFAULT_PROMPT
     return flex_cli.settings_from_args(args, _typed_flex_flags(args) if explicit is None else explicit)
@@ -97,7 +115,8 @@ def build_server(args, explicit: set[str] | None = None):
     import uvicorn
 
     from ..generation import _quiet_library_progress
-    from .app import create_app
+    from .access import Access
+    from .app import Limits, create_app
     from .engine import Engine
     from .protocol import MAX_MESSAGE_BYTES
 
@@ -106,21 +125,26 @@ def build_server(args, explicit: set[str] | None = None):
     try:
         _quiet_library_progress()
         engine = Engine.from_settings(settings, recache=args.recache)
-        config = uvicorn.Config(create_app(engine), log_level="warning", ws_max_size=MAX_MESSAGE_BYTES)
+        access = Access.create(args.host, args.allow_origin)
+        app = create_app(engine, access, Limits(idle_timeout=args.idle_timeout, max_session=args.max_session))
+        config = uvicorn.Config(app, log_level="warning", ws_max_size=MAX_MESSAGE_BYTES, ws_max_queue=4,
+                                ws_ping_interval=20, ws_ping_timeout=20, limit_concurrency=CONNECTION_LIMIT,
+                                backlog=CONNECTION_LIMIT, timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
     except BaseException:
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/?token={access.token}"
     return uvicorn.Server(config), sock, url
 
 
 def run(args, explicit: set[str] | None = None) -> int:
     """``flex serve``: serve until interrupted (Ctrl-C). Returns the exit status."""
     server, sock, url = build_server(args, explicit)
-    flex_cli._log(f"serving on {url} (Ctrl-C to stop)")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        flex_cli._log(f"--host {args.host}: anyone who can reach this address can use the model")
+    flex_cli._log(f"serving on {url} (Ctrl-C to stop; the token in the URL is needed to use it)")
+    exposure = server.config.app.state.access.exposure()
+    if exposure is not None:
+        flex_cli._log(exposure)
     try:
         server.run(sockets=[sock])
     finally:
