@@ -419,3 +419,31 @@ def test_soak_connect_flood_disconnect(server):
         _flood_cycle(server, i)
     assert threading.active_count() == threads
     assert _rss_bytes() - rss < 32 << 20, "resident memory grew by more than 32 MiB over 300 cycles"
+
+
+# ---------------------------------------------------------------- idle TCP connections
+
+
+def test_connection_without_a_request_head_is_closed(server, monkeypatch):
+    monkeypatch.setattr("flex.serve.connections.HEAD_TIMEOUT_S", 0.2)
+    sock = socket.create_connection(("127.0.0.1", server["port"]), timeout=60)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line that ends it
+    assert sock.recv(1024) == b""  # closed by the server
+    sock.close()
+    with connect(server) as ws:  # an upgraded connection is not timed out by it
+        threading.Event().wait(0.5)
+        send(ws, type="stop")
+        assert "no stream is running" in receive(ws)["message"]
+    wait_released(server)
+
+
+def test_open_connections_are_capped(server, monkeypatch):
+    monkeypatch.setattr("flex.serve.connections.MAX_CONNECTIONS", 3)
+    socks = [socket.create_connection(("127.0.0.1", server["port"]), timeout=60) for _ in range(5)]
+    try:
+        assert socks[-1].recv(1024) == b""  # beyond the cap: closed at once
+        socks[0].sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{server['port']}\r\n\r\n".encode())
+        assert socks[0].recv(1024).startswith(b"HTTP/1.1 200")  # within it: served
+    finally:
+        for s in socks:
+            s.close()

@@ -28,7 +28,6 @@ from ..pipeline import RECACHE_MODES
 from .access import check_origin
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
-CONNECTION_LIMIT = 64  # open connections (idle ones included); more are answered 503
 DEFAULT_PROMPT = "a red fox runs through fresh snow, cinematic, golden hour"
 
 
@@ -117,6 +116,7 @@ def build_server(args, explicit: set[str] | None = None):
     from ..generation import _quiet_library_progress
     from .access import Access
     from .app import Limits, create_app
+    from .connections import MAX_CONNECTIONS, GuardedH11Protocol
     from .engine import Engine
     from .protocol import MAX_MESSAGE_BYTES
 
@@ -128,8 +128,9 @@ def build_server(args, explicit: set[str] | None = None):
         access = Access.create(args.host, args.allow_origin)
         app = create_app(engine, access, Limits(idle_timeout=args.idle_timeout, max_session=args.max_session))
         config = uvicorn.Config(app, log_level="warning", ws_max_size=MAX_MESSAGE_BYTES, ws_max_queue=4,
-                                ws_ping_interval=20, ws_ping_timeout=20, limit_concurrency=CONNECTION_LIMIT,
-                                backlog=CONNECTION_LIMIT, timeout_keep_alive=5, h11_max_incomplete_event_size=16384)
+                                ws_ping_interval=20, ws_ping_timeout=20, http=GuardedH11Protocol,
+                                limit_concurrency=MAX_CONNECTIONS, backlog=MAX_CONNECTIONS, timeout_keep_alive=5,
+                                h11_max_incomplete_event_size=16384)
     except BaseException:
         sock.close()
         raise
