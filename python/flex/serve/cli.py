@@ -1,7 +1,7 @@
 """``flex serve``: load the model once and stream videos to a web page.
 
     flex serve --dit checkpoints/self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers
-    # then open http://127.0.0.1:7860 in a browser
+    # then open the URL it prints (http://127.0.0.1:7860/?token=...) in a browser
 
 It takes the options of ``flex generate`` (model, FLEX switches, runtime), with these
 meanings: ``--seconds`` / ``--frames`` is the length of each stream (its RoPE length too),
@@ -43,7 +43,7 @@ def add_parser(subparsers, defaults: bool = True) -> argparse.ArgumentParser:
         description="Load the model once and serve a web page that streams FLEX videos while they are "
                     "generated: switch prompts, stop / restart, see latent and decoded FPS, save videos.",
         epilog="example: flex serve --dit self_forcing_dmd.pt --wan-dir Wan2.1-T2V-1.3B-Diffusers "
-               "--seconds 60  (then open http://127.0.0.1:7860)",
+               "--seconds 60  (then open the URL it prints)",
     )
     flex_cli._add_generate_args(p, defaults)
     for group in p._mutually_exclusive_groups:  # prompts come from the page: --prompt is optional here
