@@ -13,7 +13,7 @@ from flex import cli
 from flex.cli import serve as serve_cli
 from flex.presets import MODEL_PRESETS
 from flex.video import read_video
-from test_serve import connect, send, serve_args, until, wait_released
+from test_serve import connect, send, serve_args, until, wait_released, ws_url
 
 PROMPT, SEED = "a red fox runs through fresh snow", 11
 COMMON = ["--frames", "6", "--preset", "tiny"]
@@ -34,7 +34,7 @@ def assets(tmp_path_factory):
 def served_video(assets, out_dir, extra) -> np.ndarray:
     args = serve_args(assets, out_dir, *COMMON, *extra)
     with serve_cli.serve_in_thread(args) as (url, app):
-        server = {"ws": url.replace("http://", "ws://") + "/ws", "app": app}
+        server = {"ws": ws_url(url, app), "app": app}
         with connect(server) as ws:
             send(ws, type="start", prompt=PROMPT, seed=SEED)
             assert until(ws, "stopped")["reason"] == "finished"

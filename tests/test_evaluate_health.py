@@ -234,6 +234,31 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "metric must be one of" in capsys.readouterr().err
 
 
+def test_cli_goes_on_past_an_unreadable_video(tmp_path, capsys):
+    """A corrupt video before good ones is reported; the others are evaluated and summarised; exit 1."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a_corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    _write(videos / "b.mp4", static_video(n=8, h=32, w=48))
+    out = tmp_path / "eval"
+    cli, args = _parse(["evaluate", str(videos), "--free", "--out", str(out), "--no-progress", "--no-plot"])
+    assert cli.run(args) == 1
+    err = capsys.readouterr().err
+    assert "a_corrupt.mp4" in err and "cannot be read" in err
+    assert set(json.loads((out / "b.json").read_text())["metrics"]) == set(HEALTH_METRICS)
+    assert "cannot be read" in json.loads((out / "a_corrupt.json").read_text())["errors"]["video"]
+    rows = [line.split(",")[0] for line in (out / "summary.csv").read_text().splitlines()[1:]]
+    assert rows == ["a_corrupt.mp4", "b.mp4"]
+
+
+def test_cli_out_that_is_a_file_names_the_flag(tmp_path, capsys):
+    video = _write(tmp_path / "a.mp4", static_video(n=8, h=32, w=48))
+    (tmp_path / "results").write_text("not a folder")
+    cli, args = _parse(["evaluate", str(video), "--free", "--out", str(tmp_path / "results"), "--no-progress"])
+    assert cli.run(args) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "is a file, not a folder" in err
+
+
 def test_weights_dir_from_environment(tmp_path, monkeypatch):
     from flex.evaluate.weights import ENV, weights_root
 

@@ -315,6 +315,19 @@ def test_text_prompt_cleaning():
     assert clean_prompt("  a &amp;  cat\n\truns ") == "a & cat runs"
 
 
+def test_wan_dir_that_is_a_file_says_so(tmp_path):
+    from flex.jobs.inputs import check_wan_dir as check_setting
+    from flex.loading import check_wan_dir
+
+    file = tmp_path / "Wan2.1_VAE.pth"
+    file.write_bytes(b"not a folder")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder"):
+        check_wan_dir(file)
+    with pytest.raises(ValueError, match="wan_dir: .*is a file, not a folder") as err:
+        check_setting(file)
+    assert "does not exist" not in str(err.value)
+
+
 def test_text_encoder_missing_parts(tmp_path, tiny_text_dir):
     from flex.text import WanTextEncoder
 

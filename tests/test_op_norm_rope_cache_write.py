@@ -57,8 +57,11 @@ def run_norm_rope_cache(dtype, device, head_dim=64, heads=3, n_frames=3, frame_o
     tpf = GRID[0] * GRID[1]
     q, k, v = qkv_inputs(batch, n_frames * tpf, heads, head_dim, dtype, device, strided, seed)
     g = torch.Generator().manual_seed(seed + 100)
-    wq = (torch.rand(heads * head_dim, generator=g) + 0.5).to(device, weight_dtype) if norms[0] else None
-    wk = (torch.rand(heads * head_dim, generator=g) + 0.5).to(device, weight_dtype) if norms[1] else None
+    # drawn in float64: float64 weights have bits that a float32 copy would lose
+    wq = (torch.rand(heads * head_dim, generator=g, dtype=torch.float64) + 0.5).to(device, weight_dtype) \
+        if norms[0] else None
+    wk = (torch.rand(heads * head_dim, generator=g, dtype=torch.float64) + 0.5).to(device, weight_dtype) \
+        if norms[1] else None
     tables = rope_tables(head_dim, n_frames, frame_offset, device=device)
     if slots is None:
         slots = [(n_slots - 1 + f) % n_slots for f in range(n_frames)]  # wraps around the ring
@@ -117,6 +120,14 @@ def test_norm_rope_cache_write_slot_and_weight_dtypes(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_norm_rope_cache_write_float64(device):
     run_norm_rope_cache(torch.float64, device, head_dim=32, n_frames=2, slots=[1, 0], n_slots=2)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_norm_rope_cache_write_float64_weights(device):
+    """float64 inputs and norm weights: the RMSNorm runs in float64 (1e-12 from the float64 reference)."""
+    run_norm_rope_cache(torch.float64, device, head_dim=32, n_frames=2, slots=[1, 0], n_slots=2,
+                        weight_dtype=torch.float64)
 
 
 @needs_extension

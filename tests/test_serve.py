@@ -42,7 +42,12 @@ def assets(tmp_path_factory):
 def server(assets, tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("serve-out")
     with serve_cli.serve_in_thread(serve_args(assets, out, "--frames", "30")) as (url, app):
-        yield {"ws": url.replace("http://", "ws://") + "/ws", "out": out, "app": app}
+        yield {"ws": ws_url(url, app), "out": out, "app": app}
+
+
+def ws_url(url, app):
+    """The WebSocket address of a server whose page is at ``url`` (``http://host:port/?token=...``)."""
+    return url.split("/?")[0].replace("http://", "ws://") + "/ws?token=" + app.state.access.token
 
 
 @contextlib.contextmanager

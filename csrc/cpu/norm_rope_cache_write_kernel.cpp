@@ -20,7 +20,7 @@ namespace {
 
 template <typename scalar_t, typename opmath_t>
 void norm_rope_token(const scalar_t* in, const Strides3& stride, scalar_t* out, const NormRopeCacheParams& p,
-                     const float* weight, const TokenCosSin& cs, opmath_t* buf) {
+                     const opmath_t* weight, const TokenCosSin& cs, opmath_t* buf) {
   opmath_t inv_rms = 1;
   if (weight != nullptr) {
     opmath_t sum_sq = 0;
@@ -44,6 +44,8 @@ void norm_rope_cache_kernel(const NormRopeCacheParams& p) {
   auto* q_out = static_cast<scalar_t*>(p.q_out);
   auto* k_cache = static_cast<scalar_t*>(p.k_cache);
   auto* v_cache = static_cast<scalar_t*>(p.v_cache);
+  const auto* norm_q_weight = static_cast<const opmath_t*>(p.norm_q_weight);
+  const auto* norm_k_weight = static_cast<const opmath_t*>(p.norm_k_weight);
   const int64_t tpf = p.grid_h * p.grid_w;
   const int64_t row_elems = p.heads * p.head_dim;
   const int64_t n_tokens = p.batch * p.tokens;
@@ -59,11 +61,11 @@ void norm_rope_cache_kernel(const NormRopeCacheParams& p) {
 
       const TokenCosSin cs_q = token_cos_sin(p.tables, frame_row, pos.h, pos.w, true);
       norm_rope_token<scalar_t, opmath_t>(q + b * p.q_stride.b + t * p.q_stride.t, p.q_stride,
-                                          q_out + bt * row_elems, p, p.norm_q_weight, cs_q, buf.data());
+                                          q_out + bt * row_elems, p, norm_q_weight, cs_q, buf.data());
 
       const TokenCosSin cs_k = token_cos_sin(p.tables, frame_row, pos.h, pos.w, p.rotate_k_temporal);
       norm_rope_token<scalar_t, opmath_t>(k + b * p.k_stride.b + t * p.k_stride.t, p.k_stride,
-                                          k_cache + cache_token * row_elems, p, p.norm_k_weight, cs_k,
+                                          k_cache + cache_token * row_elems, p, norm_k_weight, cs_k,
                                           buf.data());
 
       const scalar_t* vt = v + b * p.v_stride.b + t * p.v_stride.t;

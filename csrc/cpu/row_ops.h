@@ -25,10 +25,10 @@ inline opmath_t sum_squares(const scalar_t* x, int64_t n) {
 template <typename scalar_t, typename opmath_t>
 inline void norm_rotate_row(const scalar_t* in, scalar_t* out, opmath_t* buf, int64_t head_dim,
                             const TokenCosSin& cs, const int32_t planes[3], opmath_t inv_rms,
-                            const float* weight) {
+                            const opmath_t* weight) {
   if (weight != nullptr) {
     for (int64_t d = 0; d < head_dim; ++d) {
-      buf[d] = static_cast<opmath_t>(in[d]) * inv_rms * static_cast<opmath_t>(weight[d]);
+      buf[d] = static_cast<opmath_t>(in[d]) * inv_rms * weight[d];
     }
   } else {
     for (int64_t d = 0; d < head_dim; ++d) buf[d] = static_cast<opmath_t>(in[d]);

@@ -44,7 +44,8 @@ __device__ __forceinline__ void block_sum2(acc_t& a, acc_t& b, acc_t* shared) {
 // starting at element d0 of a head row.
 template <typename T, int VEC>
 __device__ __forceinline__ void norm_rotate(const T (&in)[VEC], T (&res)[VEC], int64_t d0,
-                                            const float* weight, typename OpMath<T>::type inv_rms,
+                                            const typename OpMath<T>::type* weight,
+                                            typename OpMath<T>::type inv_rms,
                                             const RopeTables& tables, int64_t frame_row,
                                             const TokenPos& pos, bool rotate_temporal) {
   using acc_t = typename OpMath<T>::type;
@@ -53,8 +54,8 @@ __device__ __forceinline__ void norm_rotate(const T (&in)[VEC], T (&res)[VEC], i
     acc_t x0 = to_opmath(in[2 * j]);
     acc_t x1 = to_opmath(in[2 * j + 1]);
     if (weight != nullptr) {
-      x0 = x0 * inv_rms * static_cast<acc_t>(weight[d0 + 2 * j]);
-      x1 = x1 * inv_rms * static_cast<acc_t>(weight[d0 + 2 * j + 1]);
+      x0 = x0 * inv_rms * weight[d0 + 2 * j];
+      x1 = x1 * inv_rms * weight[d0 + 2 * j + 1];
     }
     const int32_t plane = static_cast<int32_t>(d0 / 2 + j);
     const CosSin cs = plane_cos_sin(tables, plane, frame_row, pos.h, pos.w, rotate_temporal);
@@ -75,6 +76,8 @@ __global__ void __launch_bounds__(kMaxThreads) norm_rope_cache_kernel(const Norm
   auto* q_out = static_cast<T*>(p.q_out);
   auto* k_cache = static_cast<T*>(p.k_cache);
   auto* v_cache = static_cast<T*>(p.v_cache);
+  const auto* norm_q_weight = static_cast<const acc_t*>(p.norm_q_weight);
+  const auto* norm_k_weight = static_cast<const acc_t*>(p.norm_k_weight);
   const int64_t tpf = p.grid_h * p.grid_w;
   const int64_t row = p.heads * p.head_dim;
   const int64_t vecs_per_head = p.head_dim / VEC;
@@ -124,13 +127,13 @@ __global__ void __launch_bounds__(kMaxThreads) norm_rope_cache_kernel(const Norm
       const int64_t d0 = (i - h * vecs_per_head) * VEC;
       T in[VEC], res[VEC];
       load_vec<T, VEC, VECTOR_IO>(qt + h * p.q_stride.h + d0, in);
-      norm_rotate<T, VEC>(in, res, d0, p.norm_q_weight != nullptr ? p.norm_q_weight + h * p.head_dim : nullptr,
+      norm_rotate<T, VEC>(in, res, d0, norm_q_weight != nullptr ? norm_q_weight + h * p.head_dim : nullptr,
                           inv_q, p.tables, frame_row, pos, true);
       store_vec<T, VEC, VECTOR_IO>(q_out + bt * row + h * p.head_dim + d0, res);
       if (write_cache) {
         load_vec<T, VEC, VECTOR_IO>(kt + h * p.k_stride.h + d0, in);
         norm_rotate<T, VEC>(in, res, d0,
-                            p.norm_k_weight != nullptr ? p.norm_k_weight + h * p.head_dim : nullptr,
+                            norm_k_weight != nullptr ? norm_k_weight + h * p.head_dim : nullptr,
                             inv_k, p.tables, frame_row, pos, p.rotate_k_temporal);
         store_vec<T, VEC, VECTOR_IO>(k_cache + cache_token * row + h * p.head_dim + d0, res);
         load_vec<T, VEC, VECTOR_IO>(vt + h * p.v_stride.h + d0, in);

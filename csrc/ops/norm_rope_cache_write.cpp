@@ -13,15 +13,16 @@
 namespace flex {
 namespace {
 
-// An optional RMSNorm weight: H*D float elements (any shape), as a contiguous float32 copy.
+// An optional RMSNorm weight: H*D float elements (any shape), as a contiguous copy in the
+// compute type (float64 for float64 inputs, float32 otherwise).
 at::Tensor checked_weight(const char* op, const char* name, const std::optional<at::Tensor>& w,
-                          int64_t width) {
+                          int64_t width, at::ScalarType compute) {
   if (!w.has_value() || !w->defined()) return at::Tensor();
   FLEX_CHECK(w->numel() == width, name, " must have H*D = ", width, " elements, got shape ", w->sizes());
   const at::ScalarType t = w->scalar_type();
   FLEX_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, name,
              " must be a float tensor (float32, float16, bfloat16 or float64), got ", t);
-  return w->to(at::kFloat).contiguous();
+  return w->to(compute).contiguous();
 }
 
 }  // namespace
@@ -49,8 +50,9 @@ NormRopeCacheCall prepare_norm_rope_cache_write(
     check_last_dim_contiguous(op, t.name, *t.tensor);
   }
   NormRopeCacheCall c;
-  c.weight_q = checked_weight(op, "norm_q_weight", norm_q_weight, H * D);
-  c.weight_k = checked_weight(op, "norm_k_weight", norm_k_weight, H * D);
+  const at::ScalarType compute = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  c.weight_q = checked_weight(op, "norm_q_weight", norm_q_weight, H * D, compute);
+  c.weight_k = checked_weight(op, "norm_k_weight", norm_k_weight, H * D, compute);
   FLEX_CHECK(eps > 0.0 && std::isfinite(eps), "eps must be > 0 and finite, got ", eps);
 
   for (const NamedTensor& t : {NamedTensor{"k_cache", &k_cache}, NamedTensor{"v_cache", &v_cache}}) {
@@ -99,8 +101,8 @@ NormRopeCacheCall prepare_norm_rope_cache_write(
   p.q_stride = strides3(q);
   p.k_stride = strides3(k);
   p.v_stride = strides3(v);
-  p.norm_q_weight = c.weight_q.defined() ? c.weight_q.const_data_ptr<float>() : nullptr;
-  p.norm_k_weight = c.weight_k.defined() ? c.weight_k.const_data_ptr<float>() : nullptr;
+  p.norm_q_weight = c.weight_q.defined() ? c.weight_q.const_data_ptr() : nullptr;
+  p.norm_k_weight = c.weight_k.defined() ? c.weight_k.const_data_ptr() : nullptr;
   p.eps = eps;
   p.tables = c.tables.tables;
   p.grid_h = grid_h;

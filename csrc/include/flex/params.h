@@ -36,8 +36,8 @@ struct NormRopeCacheParams {
   const void* v;
   int64_t batch, tokens, heads, head_dim;
   Strides3 q_stride, k_stride, v_stride;
-  const float* norm_q_weight;  // [H * D] float32, nullptr = no norm
-  const float* norm_k_weight;
+  const void* norm_q_weight;   // [H * D] in the compute type (float64 for float64 inputs, else
+  const void* norm_k_weight;   // float32), nullptr = no norm
   double eps;
   RopeTables tables;
   int64_t grid_h, grid_w, frame_offset;

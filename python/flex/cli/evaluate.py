@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -93,6 +94,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:  # the cheap checks first, the models last
         check_metrics(metrics)
         find_videos(args.inputs)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out!r} is a file, not a folder: give a folder for the results")
         evaluator = Evaluator(metrics, args.weights_dir, args.device, args.segment_seconds)
     except (OSError, ValueError) as err:
         _log(f"error: {err}")

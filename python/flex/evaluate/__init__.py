@@ -7,7 +7,7 @@
 Every metric is computed per segment (default 5 s, like VBench-Long's clips); a video's score
 is the mean over its segments and its drift is the last segment's value minus the first's.
 Model-based metrics read their weights from a local folder (see :mod:`flex.evaluate.weights`).
-``flex evaluate`` and ``flex experiment`` are :mod:`flex.evaluate.cli`.
+``flex evaluate`` and ``flex experiment`` are :mod:`flex.cli.evaluate` (the experiment job: :mod:`flex.jobs.experiment`).
 """
 from .batch import evaluate_to_folder
 from .evaluator import Evaluator, VideoReport, evaluate

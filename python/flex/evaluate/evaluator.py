@@ -41,7 +41,7 @@ class VideoReport:
 
     @property
     def seconds(self) -> float:
-        return self.frames / self.fps
+        return self.frames / self.fps if self.fps > 0 else 0.0
 
     def segment_centres(self) -> list[float]:
         """Centre of each segment in seconds (the x of the curves)."""
@@ -150,9 +150,19 @@ class Evaluator:
         return report
 
     def evaluate_video(self, path, on_segment=None) -> VideoReport:
-        """Evaluate one video file (decoded as a stream: memory holds one segment)."""
-        return self.evaluate_frames(iter_video_frames(path), video_fps(path), name=str(path), on_segment=on_segment,
-                                    reopen=lambda: iter_video_frames(path))
+        """Evaluate one video file (decoded as a stream: memory holds one segment).
+
+        A file that cannot be read (missing, corrupt, or failing part-way) gives a report with no
+        metrics whose ``errors["video"]`` says why, so that a batch goes on with the other videos.
+        """
+        import av
+
+        try:
+            return self.evaluate_frames(iter_video_frames(path), video_fps(path), name=str(path),
+                                        on_segment=on_segment, reopen=lambda: iter_video_frames(path))
+        except (OSError, ValueError, EOFError, av.FFmpegError) as err:
+            return VideoReport(video=str(path), fps=0.0, frames=0, segment_seconds=self.segment_seconds,
+                               errors={**self.load_errors, "video": f"video: cannot be read: {err}"})
 
 
 def _device(name):

@@ -68,6 +68,8 @@ def _needs(kind: str) -> str:
 
 def _root(wan_dir) -> Path:
     root = Path(wan_dir)
+    if root.is_file():
+        raise FileNotFoundError(f"Wan folder {str(root)!r} is a file, not a folder")
     if not root.is_dir():
         raise FileNotFoundError(f"Wan folder {str(root)!r} does not exist")
     return root

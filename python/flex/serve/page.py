@@ -1,53 +1,11 @@
-"""The page ``flex serve`` shows (kept in Python so that it ships with the package as is)."""
+"""The page ``flex serve`` shows (kept in Python so that it ships with the package as is).
 
-PAGE = r"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>FLEX live</title>
-<style>
-  body { font-family: system-ui, sans-serif; margin: 0; background: #14161a; color: #e8e8e8; }
-  main { max-width: 720px; margin: 0 auto; padding: 16px; }
-  h1 { font-size: 20px; margin: 0 0 12px; }
-  #screen { width: 100%; aspect-ratio: 832 / 480; background: #000; display: flex;
-            align-items: center; justify-content: center; border-radius: 6px; overflow: hidden; }
-  #video { width: 100%; height: 100%; object-fit: contain; image-rendering: auto; }
-  #stats { display: flex; gap: 24px; margin: 10px 0; font-variant-numeric: tabular-nums; }
-  #stats b { color: #7fd1ff; }
-  select { width: 100%; margin-bottom: 6px; background: #1f2228; color: inherit; border: 1px solid #3a3f48; padding: 4px; }
-  textarea { width: 100%; box-sizing: border-box; height: 56px; background: #1f2228; color: inherit;
-             border: 1px solid #3a3f48; border-radius: 4px; padding: 6px; font: inherit; }
-  .row { display: flex; gap: 8px; align-items: center; margin: 8px 0; }
-  button { background: #2d6cdf; color: #fff; border: 0; border-radius: 4px; padding: 7px 14px; font: inherit; }
-  button:disabled { background: #3a3f48; color: #888; }
-  input[type=number] { width: 90px; background: #1f2228; color: inherit; border: 1px solid #3a3f48; padding: 4px; }
-  #status { color: #c9c9c9; } #status.error { color: #ff8a80; }
-  #log { font-size: 12px; color: #9aa0a6; max-height: 120px; overflow-y: auto; white-space: pre-wrap; }
-</style>
-</head>
-<body>
-<main>
-  <h1>FLEX live stream</h1>
-  <div id="screen"><img id="video" alt=""></div>
-  <div id="stats">
-    <span>latent FPS <b id="latent-fps">-</b></span>
-    <span>decoded FPS <b id="decoded-fps">-</b></span>
-    <span>frames <b id="frames">0</b></span>
-    <span>shown <b id="shown">0</b></span>
-  </div>
-  <select id="prompts" hidden></select>
-  <textarea id="prompt" maxlength="2000">a red fox runs through fresh snow, cinematic, golden hour</textarea>
-  <div class="row">
-    <button id="start" disabled>Start</button>
-    <button id="switch" disabled>Switch prompt</button>
-    <button id="stop" disabled>Stop</button>
-    <button id="save" disabled>Save video</button>
-    <label>seed <input id="seed" type="number" value="0" min="0"></label>
-  </div>
-  <div class="row"><span id="status">connecting...</span></div>
-  <div id="log"></div>
-</main>
-<script>
+Its script is kept apart (``SCRIPT``): the Content-Security-Policy lets exactly that script run
+(by its hash, see :func:`flex.serve.access.page_headers`); the page opens the WebSocket with the
+token of its own address (``/?token=...``).
+"""
+
+SCRIPT = r"""
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = { fps: 16, queue: [], frames: 0, shown: 0, running: false, url: null };
@@ -141,7 +99,8 @@ function onMessage(msg) {
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  socket = new WebSocket(scheme + location.host + "/ws");
+  const token = new URLSearchParams(location.search).get("token") || "";
+  socket = new WebSocket(scheme + location.host + "/ws?token=" + encodeURIComponent(token));
   socket.binaryType = "blob";
   socket.onmessage = (event) => {
     if (typeof event.data === "string") onMessage(JSON.parse(event.data));
@@ -149,7 +108,8 @@ function connect() {
   };
   socket.onclose = (event) => {
     for (const id of ["start", "switch", "stop", "save"]) $(id).disabled = true;
-    if (event.code !== 1013) setStatus(`disconnected (code ${event.code}); reload the page to reconnect`, true);
+    const why = event.reason ? `: ${event.reason}` : "";
+    if (event.code !== 1013) setStatus(`disconnected (code ${event.code}${why}); reload the page to reconnect`, true);
   };
 }
 
@@ -158,7 +118,56 @@ $("switch").onclick = () => send({ type: "switch", prompt: $("prompt").value });
 $("stop").onclick = () => send({ type: "stop" });
 $("save").onclick = () => send({ type: "save" });
 connect();
-</script>
+"""
+
+PAGE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>FLEX live</title>
+<style>
+  body { font-family: system-ui, sans-serif; margin: 0; background: #14161a; color: #e8e8e8; }
+  main { max-width: 720px; margin: 0 auto; padding: 16px; }
+  h1 { font-size: 20px; margin: 0 0 12px; }
+  #screen { width: 100%; aspect-ratio: 832 / 480; background: #000; display: flex;
+            align-items: center; justify-content: center; border-radius: 6px; overflow: hidden; }
+  #video { width: 100%; height: 100%; object-fit: contain; image-rendering: auto; }
+  #stats { display: flex; gap: 24px; margin: 10px 0; font-variant-numeric: tabular-nums; }
+  #stats b { color: #7fd1ff; }
+  select { width: 100%; margin-bottom: 6px; background: #1f2228; color: inherit; border: 1px solid #3a3f48; padding: 4px; }
+  textarea { width: 100%; box-sizing: border-box; height: 56px; background: #1f2228; color: inherit;
+             border: 1px solid #3a3f48; border-radius: 4px; padding: 6px; font: inherit; }
+  .row { display: flex; gap: 8px; align-items: center; margin: 8px 0; }
+  button { background: #2d6cdf; color: #fff; border: 0; border-radius: 4px; padding: 7px 14px; font: inherit; }
+  button:disabled { background: #3a3f48; color: #888; }
+  input[type=number] { width: 90px; background: #1f2228; color: inherit; border: 1px solid #3a3f48; padding: 4px; }
+  #status { color: #c9c9c9; } #status.error { color: #ff8a80; }
+  #log { font-size: 12px; color: #9aa0a6; max-height: 120px; overflow-y: auto; white-space: pre-wrap; }
+</style>
+</head>
+<body>
+<main>
+  <h1>FLEX live stream</h1>
+  <div id="screen"><img id="video" alt=""></div>
+  <div id="stats">
+    <span>latent FPS <b id="latent-fps">-</b></span>
+    <span>decoded FPS <b id="decoded-fps">-</b></span>
+    <span>frames <b id="frames">0</b></span>
+    <span>shown <b id="shown">0</b></span>
+  </div>
+  <select id="prompts" hidden></select>
+  <textarea id="prompt" maxlength="2000">a red fox runs through fresh snow, cinematic, golden hour</textarea>
+  <div class="row">
+    <button id="start" disabled>Start</button>
+    <button id="switch" disabled>Switch prompt</button>
+    <button id="stop" disabled>Stop</button>
+    <button id="save" disabled>Save video</button>
+    <label>seed <input id="seed" type="number" value="0" min="0"></label>
+  </div>
+  <div class="row"><span id="status">connecting...</span></div>
+  <div id="log"></div>
+</main>
+<script>""" + SCRIPT + r"""</script>
 </body>
 </html>
 """
