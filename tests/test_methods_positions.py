@@ -191,3 +191,11 @@ def test_jitter_stream_is_deterministic_per_seed(positions):
     a, b, c = rollout(cfg(0)), rollout(cfg(0)), rollout(cfg(1))
     plain = rollout(FlexConfig(l_train=5, sink_frames=3, window_frames=6, position_policy=positions))
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+
+
+def test_every_method_runs_on_the_causal_forcing_preset():
+    from flex.methods import method_settings
+    from flex.presets import MODEL_PRESETS
+    base = MODEL_PRESETS["causal-forcing"].flex_config()
+    for name in METHODS:
+        assert base.replace(**method_settings(name), method=name).method == name
