@@ -15,10 +15,19 @@ from ..presets import MODEL_PRESETS, model_preset
 from ..quant import QUANT_MODES
 from ..switching import RECACHE_MODES
 from .common import FLEX_FIELDS, CliError, finite_float, flag, usage_error
+from ..methods import METHODS, MethodError, method_settings
 
 COMPILE_CHOICES = {"off": False, "on": True, "frozen": "frozen"}
 # The FLEX switches whose default changes with --no-flex: those FlexConfig.off() changes.
 NO_FLEX_FLAGS = ("rope", "rho", "sink_frames", "window_frames")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    """argparse type of --method-param: KEY=VALUE."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -101,6 +110,11 @@ def add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> None
                            "(keys are rotated when read)")
     flex.add_argument("--ans-renoise", action="store_true", default=d(False),
                       help="also use antiphase noise for the re-noising between denoising steps")
+    flex.add_argument("--method", default=d(fc.method), metavar="NAME",
+                      help="long-horizon method (flex.methods.METHODS; compose with '+'), run with its paper's "
+                           "settings for the flags not typed: " + ", ".join(METHODS))
+    flex.add_argument("--method-param", action="append", type=_key_value, default=d(None), metavar="KEY=VALUE",
+                      help="a parameter of --method (repeatable; others take the paper's defaults)")
     flex.add_argument("--no-flex", action="store_true", default=d(False),
                       help=f"upstream Self Forcing: --rope {off.strategy} --rho {off.rho:g} --sink-frames "
                            f"{off.sink_frames} --window-frames {off.window_frames} (flags given explicitly still apply)")
@@ -193,11 +207,16 @@ def flex_config(args, explicit: set[str]):
     preset = model_preset(args.model)
     base = preset.baseline_config() if args.no_flex else preset.flex_config()
     values = {field: getattr(base, field) for field in FLEX_FIELDS.values()}
-    values.update({field: getattr(args, dest) for dest, field in FLEX_FIELDS.items() if dest in explicit})
+    typed = {field: getattr(args, dest) for dest, field in FLEX_FIELDS.items() if dest in explicit}
     try:
+        if "method" in typed:  # the method's paper settings, under the flags typed
+            values.update(method_settings(typed["method"]), method_params=())
+        values.update(typed)
         return base.replace(**values) if isinstance(base, FlexConfig) else FlexConfig(**values)
-    except SettingsError as err:  # FlexConfig's fields, told as their flags
-        raise CliError(f"invalid FLEX settings ({', '.join(flag(f) for f in err.fields)}): {err}") from err
+    except SettingsError as err:  # FlexConfig's fields told as their flags, a method's parameters as theirs
+        where = [flag(f) if f in FLEX_FIELDS.values() or not isinstance(err, MethodError) else f"--method-param {f}"
+                 for f in err.fields]
+        raise CliError(f"invalid FLEX settings ({', '.join(where)}): {err}") from err
 
 
 def latent_frames(args, chunk: int) -> tuple[int, str]:

@@ -12,7 +12,7 @@ EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 
 # FLEX flag dest -> FlexConfig field (the flag names follow the paper's vocabulary).
 FLEX_FIELDS = {"rope": "strategy", "alpha": "alpha", "beta": "beta", "l_train": "l_train", "rho": "rho",
                "sink_frames": "sink_frames", "window_frames": "window_frames", "chunk_frames": "chunk_frames",
-               "dynamic": "dynamic", "ans_renoise": "ans_renoise"}
+               "dynamic": "dynamic", "ans_renoise": "ans_renoise", "method": "method", "method_param": "method_params"}
 
 
 class CliError(Exception):
