@@ -96,7 +96,7 @@ class Evaluator:
             try:
                 self.scorers[name] = metric_module(name).load(weights_dir, self.device)
             except (OSError, ImportError, ValueError, RuntimeError, KeyError) as err:
-                self.load_errors[name] = str(err) if str(err).startswith(name) else f"{name}: {err}"
+                self.load_errors[name] = f"{name}: {err}"
 
     def evaluate_frames(self, frames: Iterable[np.ndarray], fps: float, name: str = "<frames>",
                         on_segment: Callable[[int], None] | None = None,
