@@ -41,8 +41,7 @@ def check_gate(alpha, beta) -> tuple[float, float]:
     alpha = check_float("alpha", alpha, 0.0)
     beta = check_float("beta", beta)
     if not alpha < beta:
-        raise SettingsError(("alpha", "beta"), f"alpha must be < beta, got alpha={alpha!r}, beta={beta!r}",
-                            leads=False)
+        raise SettingsError("alpha", f"must be < beta, got alpha={alpha!r}, beta={beta!r}")
     return alpha, beta
 
 
