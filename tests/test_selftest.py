@@ -18,7 +18,7 @@ def test_quick_selftest_passes_and_lists_every_op(capsys):
 def test_wrong_kernel_fails_the_selftest(capsys, monkeypatch):
     real = sdpa.ring_attention
     monkeypatch.setattr(sdpa, "ring_attention", lambda *a: real(*a) * 1.001)
-    assert selftest.main(["--quick", "--device", "cpu"]) == 1
+    assert selftest.main(["--quick", "--device", "cpu", "--backends", "sdpa"]) == 1
     out = capsys.readouterr().out
     assert any("sdpa" in line and "FAIL" in line for line in out.splitlines())
 
@@ -26,5 +26,6 @@ def test_wrong_kernel_fails_the_selftest(capsys, monkeypatch):
 def test_subcommand_parser():
     parser = argparse.ArgumentParser()
     selftest.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["selftest", "--dtype", "bf16", "--quick"])
+    args = parser.parse_args(["selftest", "--dtype", "bf16", "--quick", "--backends", "cpp,triton"])
+    assert args.backends == ("cpp", "triton")
     assert args.run is selftest.run and args.dtype == "bf16" and args.quick and args.device is None

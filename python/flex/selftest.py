@@ -7,8 +7,10 @@
 Each op runs at the model's head layouts (1.3B: 12 heads x 128, 14B: 40 heads x 128) on the
 480x832 frame grid (30x52 tokens per latent frame), against a ring cache with sink and window
 frames that has wrapped. A GPU runs whole chunks (3 frames, sink 3 + window 9); a CPU runs
-1-frame chunks over 3 slots (sink 1 + window 2) to stay within minutes, and Triton there runs
-in its interpreter (TRITON_INTERPRET=1), so its rows use a small grid (the table says so).
+1-frame chunks over 3 slots (sink 1 + window 2) and computes the float64 attention reference
+for 256 of each frame's 1560 queries (the first and last 128) to stay within minutes, and
+Triton there runs in its interpreter (TRITON_INTERPRET=1), so its rows use a small grid (the
+table says so).
 Then the first chunk (4 denoising passes and the clean pass) of a tiny random model runs in
 the chosen dtype against the same model in float64. Errors are max |out - ref| / max |ref|
 (flex.tolerance). Prints one table; exit status 0 when every row passes, 1 otherwise.
@@ -25,7 +27,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 LAYOUTS = {"1.3B": (12, 128), "14B": (40, 128)}  # model: (heads, head_dim)
 STEP_TIMESTEPS = (1000.0, 937.5, 833.33, 625.0, 0.0)  # Self Forcing's 4 steps, then the clean pass
 # Largest float64 score block the attention reference builds at once (elements).
-REFERENCE_BLOCK = 2**26
+REFERENCE_BLOCK = 2**24
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Setting:
     window: int
     first: int
     note: str = ""
+    rows_per_frame: int | None = None  # query rows per frame the attention reference computes (None: all)
 
     def describe(self, heads, head_dim) -> str:
         gh, gw = self.grid
@@ -53,7 +56,8 @@ def settings(device_type: str, quick: bool) -> tuple[Setting, Setting]:
     if device_type == "cuda":
         full = Setting((30, 52), 3, 3, 9, 60)
         return full, full
-    return Setting((30, 52), 1, 1, 2, 10, "CPU: 1-frame chunk"), interp
+    cpu = Setting((30, 52), 1, 1, 2, 10, "CPU: 1-frame chunk; attention ref on 256 q/frame", rows_per_frame=256)
+    return cpu, interp
 
 
 # ------------------------------------------------------------------------------------ the cases
@@ -91,27 +95,56 @@ def _op_inputs(s: Setting, heads, head_dim, dtype, device, seed=0):
         tables=rope.tables(s.first, s.frames, gh, gw, device=device),
         key_table=rope.temporal_table(torch.arange(ring.n_slots, device=device, dtype=torch.float64)),
         ring=ring, slots=ring.slots(s.first, s.frames), tpf=tpf, grid=(gh, gw), first=s.first,
+        rows_per_frame=s.rows_per_frame,
     )
 
 
-def _attention_reference(q, k, v, slot_frame, tpf, first, chunk_frames, scale, key_table, lse):
-    """flex.reference.ring_attention over groups of heads (heads are independent), so the float64
-    score matrix stays within REFERENCE_BLOCK elements."""
+def _reference_rows(n_queries: int, tpf: int, per_frame: int | None) -> list[range]:
+    """Per chunk frame, the query rows the attention reference computes: all of them, or the
+    first and last ``per_frame // 2`` (tile starts and the ragged tail of every frame)."""
+    frames = [range(f * tpf, (f + 1) * tpf) for f in range(n_queries // tpf)]
+    if per_frame is None or per_frame >= tpf:
+        return frames
+    half = per_frame // 2
+    return [range(r.start, r.start + half) for r in frames] + [range(r.stop - half, r.stop) for r in frames]
+
+
+def _blocks(rows, heads: int, n_keys: int):
+    """(rows, head slice) blocks whose float64 score matrix stays within REFERENCE_BLOCK elements."""
+    for r in rows:
+        group = max(1, REFERENCE_BLOCK // (len(r) * n_keys))
+        for h0 in range(0, heads, group):
+            yield r, slice(h0, h0 + group)
+
+
+def _attention_reference(q, k, v, slot_frame, tpf, first, chunk_frames, scale, key_table, rows):
+    """flex.reference.ring_attention on the given query rows (each within one frame, whose chunk
+    starts where block-causal order says), block by block (heads are independent): the
+    flattened (out, lse) of those rows."""
     import torch
 
     from . import reference
 
-    per_head = q.shape[1] * k.shape[1]
-    group = max(1, REFERENCE_BLOCK // per_head)
     outs, lses = [], []
-    for h0 in range(0, q.shape[2], group):
-        h = slice(h0, h0 + group)
-        res = reference.ring_attention(q[:, :, h], k[:, :, h], v[:, :, h], slot_frame, tpf, first, chunk_frames,
-                                       scale, key_table, True)
-        outs.append(res[0])
-        lses.append(res[1])
-    out = torch.cat(outs, dim=2)
-    return (out, torch.cat(lses, dim=1)) if lse else out
+    for r, h in _blocks(rows, q.shape[2], k.shape[1]):
+        frame = r.start // tpf
+        q_first = first + (frame // chunk_frames) * chunk_frames if chunk_frames else first
+        out, lse = reference.ring_attention(q[:, r.start:r.stop, h], k[:, :, h], v[:, :, h], slot_frame, tpf,
+                                            q_first, chunk_frames, scale, key_table, True)
+        outs.append(out.flatten())
+        lses.append(lse.flatten())
+    return torch.cat(outs), torch.cat(lses)
+
+
+def _pick(out, lse, rows, n_keys):
+    """The backend's (out, lse) at the reference's rows, flattened in the same order."""
+    import torch
+
+    blocks = list(_blocks(rows, out.shape[2], n_keys))
+    picked = torch.cat([out[:, r.start:r.stop, h].flatten() for r, h in blocks])
+    if lse is None:
+        return picked
+    return picked, torch.cat([lse[:, h, r.start:r.stop].flatten() for r, h in blocks])
 
 
 def _cases(x):
@@ -132,15 +165,22 @@ def _cases(x):
         label = "norm_rope_cache_write" + ("" if rotate else " (keys unrotated)")
         cases.append((label, {}, nrc, lambda f=nrc: f("reference")))
     scale = q.shape[-1] ** -0.5
-    for variant, extra in (("window", dict(resident_tokens=ring.resident_prefix_tokens())),
-                           ("block-causal + lse", dict(chunk_frames=q.shape[1] // tpf, return_lse=True)),
-                           ("rotate-on-load", dict(key_freqs_t=x["key_table"]))):
-        def attend(b, e=extra):
-            return ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, first, scale=scale, **e, backend=b)
+    rows = _reference_rows(q.shape[1], tpf, x["rows_per_frame"])
+    # Block-causal: the queries sit one frame back with 1-frame chunks, so that the newest
+    # resident frame is masked for the whole chunk and each later frame of it for the earlier.
+    for variant, extra, q_first in (
+            ("window", dict(resident_tokens=ring.resident_prefix_tokens()), first),
+            ("block-causal + lse", dict(chunk_frames=1, return_lse=True), first - 1),
+            ("rotate-on-load", dict(key_freqs_t=x["key_table"]), first)):
+        def attend(b, e=extra, q_first=q_first):
+            res = ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, q_first, scale=scale, **e, backend=b)
+            out, lse = res if e.get("return_lse") else (res, None)
+            return _pick(out, lse, rows, ring.k.shape[1])
 
-        def ref(e=extra):
-            return _attention_reference(q, ring.k, ring.v, ring.slot_frame, tpf, first, e.get("chunk_frames", 0),
-                                        scale, e.get("key_freqs_t"), e.get("return_lse", False))
+        def ref(e=extra, q_first=q_first):
+            out, lse = _attention_reference(q, ring.k, ring.v, ring.slot_frame, tpf, q_first,
+                                            e.get("chunk_frames", 0), scale, e.get("key_freqs_t"), rows)
+            return (out, lse) if e.get("return_lse") else out
 
         cases.append((f"ring_attention ({variant})", extra, attend, ref))
     return cases
@@ -154,18 +194,18 @@ def _error(out, ref) -> float:
     return relative_error(out, ref)
 
 
-def _backends(device, full: Setting, interp: Setting, setting: Setting) -> list[str]:
+def _backends(device, full: Setting, interp: Setting, setting: Setting, only=None) -> list[str]:
     """The backends (not the reference) that run at ``setting``: Triton alone runs at the
     interpreter's setting when it differs from the compiled backends' one."""
     from . import ops
 
-    names = [b for b in ops.BACKENDS if b != "reference" and ops.backend_status(b)[0]]
+    names = [b for b in ops.BACKENDS if b != "reference" and ops.backend_status(b)[0] and (not only or b in only)]
     if full is interp:
         return names
     return [b for b in names if (b == "triton") == (setting is interp)]
 
 
-def op_rows(device, dtype, quick: bool) -> list[tuple]:
+def op_rows(device, dtype, quick: bool, only=None) -> list[tuple]:
     """Rows (op, backend, shape, error or None, tolerance, ok or None, note) of every op case."""
     import torch
 
@@ -177,7 +217,9 @@ def op_rows(device, dtype, quick: bool) -> list[tuple]:
     rows = []
     for model, (heads, head_dim) in LAYOUTS.items():
         for setting in dict.fromkeys((full, interp)):
-            names = _backends(device, full, interp, setting)
+            names = _backends(device, full, interp, setting, only)
+            if quick and setting is interp and interp is not full and model != "1.3B":
+                continue  # the interpreter is slow: a quick run interprets one head layout
             if not names:
                 continue
             x = _op_inputs(setting, heads, head_dim, dtype, device)
@@ -214,7 +256,7 @@ def op_rows(device, dtype, quick: bool) -> list[tuple]:
 MODEL_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
 
 
-def model_rows(device, dtype_name: str) -> list[tuple]:
+def model_rows(device, dtype_name: str, only=None) -> list[tuple]:
     """The first chunk (4 denoising passes, then the clean pass) of a tiny random model in the
     chosen dtype, per backend, against the same weights in float64 on the reference backend."""
     import torch
@@ -242,6 +284,7 @@ def model_rows(device, dtype_name: str) -> list[tuple]:
     tol = MODEL_TOLERANCE[dtype_name]
     rows = []
     names = ["auto"] + [b for b in ops.available_backends("norm_rope_cache_write", device.type) if b != "reference"]
+    names = [b for b in names if not only or b in only]
     for name in names:
         if name == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
             continue
@@ -286,6 +329,17 @@ def _add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bf16 on a GPU, fp32 on a CPU")
     p.add_argument("--quick", action="store_true", help="small grids (seconds): a smoke check, not the real shapes")
+    p.add_argument("--backends", type=_backend_list, default=None, metavar="NAME,...",
+                   help="check only these backends (default: every available one)")
+
+
+def _backend_list(text: str) -> tuple[str, ...]:
+    from .ops import BACKENDS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or set(names) - set(BACKENDS):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated subset of {','.join(BACKENDS)}, got {text!r}")
+    return names
 
 
 def run(args) -> int:
@@ -303,7 +357,8 @@ def run(args) -> int:
 
     start = time.perf_counter()
     with canary.off():  # the kernels themselves, no fallback
-        rows = op_rows(device, _torch_dtype(dtype_name), args.quick) + model_rows(device, dtype_name)
+        rows = (op_rows(device, _torch_dtype(dtype_name), args.quick, args.backends)
+                + model_rows(device, dtype_name, args.backends))
     print(f"flex selftest on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
           f"{dtype_name}; error = max |out - ref| / max |ref| against float64")
     print(format_table(rows))
