@@ -166,3 +166,16 @@ def test_planned_model_pass_falls_back(forced_on, monkeypatch):
     with pytest.warns(canary.CanaryMismatch):
         got = chunk()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_call_is_traced_through_unchecked(forced_on):
+    """Under torch.compile the stand-in calls the kernel (no check, no graph break)."""
+    import torch._dynamo
+
+    q, ring = full_ring()
+    call = ops.Call("ring_attention", torch.float32, 32, resident_prefix=True)
+    fn = ops.select(call, "sdpa", CPU).ring_attention
+    args = (q, ring.k, ring.v, ring.slot_frame, 6, 4, 0, 32 ** -0.5, None, False, ring.resident_prefix_tokens())
+    explained = torch._dynamo.explain(fn)(*args)
+    assert explained.graph_break_count == 0
+    assert not canary.is_bad(call, "sdpa", CPU) and ops.select(call, "sdpa", CPU) is not sdpa  # not verified
