@@ -39,7 +39,9 @@ _QUANT_RUN = ("python benchmarks/run.py --suite quant: eager FLEX path, 21 laten
 SLOWER = (
     SlowOption("quant", "int8", "cpu-avx2", 0.07, f"{_QUANT_RUN}, fp32, 3 rounds (0.07-0.08), AMD EPYC AVX2, "
                "2026-12-02, benchmarks/results/2026-12-02-cpu-2core-fp32"),
-    SlowOption("quant", "int8", "cpu-vnni", 0.78, f"{_QUANT_RUN}, AMD EPYC with AVX512-VNNI, 2026-12-07"),
+    SlowOption("quant", "int8", "cpu-vnni", 0.78, "reported for an AMD EPYC with AVX512-VNNI on 2026-12-07 "
+               "(the project's issue 29); no results folder is recorded yet: rerun python benchmarks/run.py "
+               "--suite quant there to record it"),
     SlowOption("quant", "int8-weight", "cpu-avx2", 0.97, f"{_QUANT_RUN}, fp32, 3 rounds (0.95-0.99), AMD EPYC "
                "AVX2, 2026-12-02, benchmarks/results/2026-12-02-cpu-2core-fp32"),
 )
