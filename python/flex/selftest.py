@@ -23,6 +23,15 @@ import sys
 import time
 from dataclasses import dataclass
 
+import torch
+
+from . import canary, ops, reference
+from .cache import RingKVCache
+from .models import CausalWanModel
+from .ops import BACKENDS
+from .rope import Rope3D
+from .tolerance import relative_error, tolerance
+
 DTYPES = ("fp32", "fp16", "bf16")
 LAYOUTS = {"1.3B": (12, 128), "14B": (40, 128)}  # model: (heads, head_dim)
 STEP_TIMESTEPS = (1000.0, 937.5, 833.33, 625.0, 0.0)  # Self Forcing's 4 steps, then the clean pass
@@ -64,19 +73,12 @@ def settings(device_type: str, quick: bool) -> tuple[Setting, Setting]:
 
 
 def _randn(shape, dtype, device, gen):
-    import torch
-
     return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device, dtype)
 
 
 def _op_inputs(s: Setting, heads, head_dim, dtype, device, seed=0):
     """A chunk's q, k, v (slices of one fused projection), norm weights, RoPE tables and a ring
     cache filled through the real write schedule up to the chunk (which is resident too)."""
-    import torch
-
-    from .cache import RingKVCache
-    from .rope import Rope3D
-
     gen = torch.Generator().manual_seed(seed)
     gh, gw = s.grid
     tpf = gh * gw
@@ -121,10 +123,6 @@ def _attention_reference(q, k, v, slot_frame, tpf, first, chunk_frames, scale, k
     """flex.reference.ring_attention on the given query rows (each within one frame, whose chunk
     starts where block-causal order says), block by block (heads are independent): the
     flattened (out, lse) of those rows."""
-    import torch
-
-    from . import reference
-
     outs, lses = [], []
     for r, h in _blocks(rows, q.shape[2], k.shape[1]):
         frame = r.start // tpf
@@ -138,8 +136,6 @@ def _attention_reference(q, k, v, slot_frame, tpf, first, chunk_frames, scale, k
 
 def _pick(out, lse, rows, n_keys):
     """The backend's (out, lse) at the reference's rows, flattened in the same order."""
-    import torch
-
     blocks = list(_blocks(rows, out.shape[2], n_keys))
     picked = torch.cat([out[:, r.start:r.stop, h].flatten() for r, h in blocks])
     if lse is None:
@@ -149,8 +145,6 @@ def _pick(out, lse, rows, n_keys):
 
 def _cases(x):
     """(op label, call description, run(backend), reference()) for one set of inputs."""
-    from . import ops, reference
-
     q, k, v, ring, tpf, (gh, gw), first = x["q"], x["k"], x["v"], x["ring"], x["tpf"], x["grid"], x["first"]
     ft, fh, fw = x["tables"]
     cases = [("rope3d", {}, lambda b: ops.rope3d(q, ft, fh, fw, gh, gw, 0, backend=b),
@@ -187,8 +181,6 @@ def _cases(x):
 
 
 def _error(out, ref) -> float:
-    from .tolerance import relative_error
-
     if isinstance(ref, tuple):
         return max(relative_error(o, r) for o, r in zip(out, ref))
     return relative_error(out, ref)
@@ -197,8 +189,6 @@ def _error(out, ref) -> float:
 def _backends(device, full: Setting, interp: Setting, setting: Setting, only=None) -> list[str]:
     """The backends (not the reference) that run at ``setting``: Triton alone runs at the
     interpreter's setting when it differs from the compiled backends' one."""
-    from . import ops
-
     names = [b for b in ops.BACKENDS if b != "reference" and ops.backend_status(b)[0] and (not only or b in only)]
     if full is interp:
         return names
@@ -207,11 +197,6 @@ def _backends(device, full: Setting, interp: Setting, setting: Setting, only=Non
 
 def op_rows(device, dtype, quick: bool, only=None) -> list[tuple]:
     """Rows (op, backend, shape, error or None, tolerance, ok or None, note) of every op case."""
-    import torch
-
-    from . import ops
-    from .tolerance import tolerance
-
     full, interp = settings(device.type, quick)
     tol = tolerance(dtype)
     rows = []
@@ -259,11 +244,6 @@ MODEL_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
 def model_rows(device, dtype_name: str, only=None) -> list[tuple]:
     """The first chunk (4 denoising passes, then the clean pass) of a tiny random model in the
     chosen dtype, per backend, against the same weights in float64 on the reference backend."""
-    import torch
-
-    from . import ops
-    from .models import CausalWanModel
-
     dtype = _torch_dtype(dtype_name)
     torch.manual_seed(0)
     model64 = CausalWanModel("tiny").to(torch.float64)
@@ -300,8 +280,6 @@ def model_rows(device, dtype_name: str, only=None) -> list[tuple]:
 
 
 def _torch_dtype(name: str):
-    import torch
-
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
@@ -334,8 +312,6 @@ def _add_arguments(p) -> None:
 
 
 def _backend_list(text: str) -> tuple[str, ...]:
-    from .ops import BACKENDS
-
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names or set(names) - set(BACKENDS):
         raise argparse.ArgumentTypeError(f"must be a comma-separated subset of {','.join(BACKENDS)}, got {text!r}")
@@ -344,8 +320,6 @@ def _backend_list(text: str) -> tuple[str, ...]:
 
 def run(args) -> int:
     """Run the checks, print the table; 0 when every row passes, 1 otherwise."""
-    import torch
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("flex selftest: --device cuda: no CUDA device is available", file=sys.stderr)
@@ -353,8 +327,6 @@ def run(args) -> int:
     if device.type == "cpu" and "triton" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton's kernels through its CPU interpreter
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    from . import canary
-
     start = time.perf_counter()
     with canary.off():  # the kernels themselves, no fallback
         rows = (op_rows(device, _torch_dtype(dtype_name), args.quick, args.backends)
