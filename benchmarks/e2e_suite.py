@@ -2,7 +2,7 @@
 
 Every path runs the same DiT weights (random: speed does not depend on their values) through
 the Self Forcing schedule (chunk 3, 4 steps + the clean context pass) with sink 3 + window 9.
-Text encoding is excluded (the prompt's cross-attention K/V are computed before timing).
+What is timed, warm-up, synchronisation and the FPS conversion: benchmarks/fps_methodology.py.
 Decode (the Wan VAE and the tiny decoder) is measured by benchmarks/decode_suite.py.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from flex.config import FlexConfig
 from flex.models.wan import CausalWanModel, wan_config
 from flex.pipeline import Pipeline
 
+from . import fps_methodology
 from .flops import stream_flops
 from .interleave import interleaved, ratio, spread_warning
 from .upstream import MAX_POSITIONS, UpstreamStyleWan
@@ -80,14 +81,18 @@ class PeakMemory:
             self.mb = self.peak / 2**20  # process RSS: model, caches, interpreter; it never shrinks
 
 
-def run_stream(pipe: Pipeline, text, frames: int, latent, device) -> float:
-    """Seconds to generate ``frames`` latent frames, streaming (chunks are not kept)."""
+def run_stream(pipe: Pipeline, text, frames: int, latent, device, first_chunk: list | None = None) -> float:
+    """Seconds to generate ``frames`` latent frames, streaming (chunks are not kept); the seconds
+    to the first chunk are appended to ``first_chunk`` (benchmarks/fps_methodology.py)."""
     gen = torch.Generator(device=device).manual_seed(0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for _ in pipe.stream(text, frames, latent, generator=gen):
-        pass
+    for i, _ in enumerate(pipe.stream(text, frames, latent, generator=gen)):
+        if i == 0 and first_chunk is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first_chunk.append(time.perf_counter() - start)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
@@ -125,12 +130,16 @@ DEFAULT_HORIZONS = (5, 30)  # a CPU run's default (within 10 minutes); --full (a
 PASSES_PER_CHUNK = 5  # 4 denoising steps + the clean context pass
 
 
-def _row_numbers(frames: int, times: list[float], flops: float, matmul_tflops: float | None) -> dict:
+def _row_numbers(frames: int, times: list[float], flops: float, matmul_tflops: float | None,
+                 first_chunk: list[float]) -> dict:
     sec = statistics.median(times)
     tflops = flops / sec / 1e12
-    return dict(latent_fps=frames / sec, video_fps=(4 * frames - 3) / sec, wall_seconds=sec,
+    steady = [fps_methodology.steady_fps(frames, t, CHUNK, c) for t, c in zip(times, first_chunk)]
+    return dict(**fps_methodology.fps(frames, sec), wall_seconds=sec,
                 wall_seconds_per_round=times, model_tflops=tflops,
-                roofline_fraction=None if not matmul_tflops else tflops / matmul_tflops)
+                roofline_fraction=None if not matmul_tflops else tflops / matmul_tflops,
+                first_chunk_seconds=statistics.median(first_chunk) if first_chunk else None,
+                steady_video_fps=statistics.median(steady) if steady else None)
 
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True,
@@ -200,10 +209,10 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     bar = tqdm(total=sum(latent_frames(h) for h in horizons) * len(paths) * repeats, unit="frame",
                desc="end to end", leave=False)
 
-    def timed(name, pipe, frames, mem):
+    def timed(name, pipe, frames, mem, first_chunk):
         def once():
             with PeakMemory(device) as m:
-                sec = run_stream(pipe, prompt(name), frames, s["latent"], device)
+                sec = run_stream(pipe, prompt(name), frames, s["latent"], device, first_chunk)
             mem.append(m.mb)
             bar.update(frames)
             return sec
@@ -215,15 +224,15 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
         base_row = dict(seconds_of_video=seconds, latent_frames=frames, video_frames=4 * frames - 3,
                         model=model_desc, latent_size=list(s["latent"]), sink_frames=SINK, window_frames=WINDOW,
                         model_tflop_per_stream=flops / 1e12)
-        runs, mems = {}, {}
+        runs, mems, firsts = {}, {}, {}
         for name, pipe in paths.items():
             if name.startswith("upstream") and frames > MAX_POSITIONS:
                 continue  # upstream's 1024-position RoPE table cannot go there
             if id(pipe) in failed:
                 rows.append(dict(base_row, path=name, error=failed[id(pipe)]))
                 continue
-            mems[name] = []
-            runs[name] = timed(name, pipe, frames, mems[name])
+            mems[name], firsts[name] = [], []
+            runs[name] = timed(name, pipe, frames, mems[name], firsts[name])
         times = interleaved(runs, repeats)
         base = next((t for n, t in times.items() if n.startswith("upstream") and isinstance(t, list)), None)
         for name, t in times.items():
@@ -231,7 +240,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
                 rows.append(dict(base_row, path=name, error=_error(t)))
                 continue
             speed = None if base is None else ratio(base, t)
-            rows.append(dict(base_row, path=name, **_row_numbers(frames, t, flops, matmul_tflops),
+            rows.append(dict(base_row, path=name, **_row_numbers(frames, t, flops, matmul_tflops, firsts[name]),
                              peak_memory_mb=max(mems[name]), warmup_seconds=warm[id(paths[name])],
                              speedup_vs_upstream=None if speed is None else speed["median"], speedup_stats=speed))
             if speed is not None and speed["wide"]:

@@ -1,7 +1,16 @@
-"""Op benchmarks: the upstream-style path against every FLEX backend present, on Wan shapes."""
+"""Op benchmarks: the upstream-style path against every FLEX backend present, on Wan shapes.
+
+The one case list of the op benchmarks. benchmarks/test_ops.py times every case with
+pytest-benchmark (``pytest benchmarks --benchmark-only``); benchmarks/run.py runs that file and
+reads its ``--benchmark-json`` into its tables (:func:`rows_from_benchmark_json`), so there is
+one timing implementation and ``--benchmark-compare`` works between commits.
+"""
 from __future__ import annotations
 
+import functools
 import itertools
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -10,10 +19,34 @@ from flex.cache import RingKVCache
 from flex.rope import Rope3D
 
 from . import upstream
-from .timing import measure
 
 # Largest float64 score matrix the reference backend may build (elements).
 REFERENCE_SCORE_LIMIT = 6e7
+LAYOUTS = {"1.3B": 12, "14B": 40}  # heads of 128
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One timed call: ``make()`` builds the inputs (once per shape group) and returns the call."""
+
+    op: str
+    impl: str
+    layout: str
+    shape: str
+    dtype: str
+    work: float  # bytes moved (GB/s) or floating point operations (TFLOP/s)
+    unit: str
+    baseline: str  # the impl of the same op and layout the speedup is measured against
+    make: Callable[[], Callable]
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}[{self.layout}]-{self.impl}"
+
+    def info(self) -> dict:
+        """What a pytest-benchmark row keeps (extra_info) to rebuild the run.py row."""
+        return dict(op=self.op, impl=self.impl, layout=self.layout, shape=self.shape, dtype=self.dtype,
+                    work=self.work, unit=self.unit, baseline=self.baseline)
 
 
 def backends(op: str, device: torch.device) -> list[str]:
@@ -21,61 +54,89 @@ def backends(op: str, device: torch.device) -> list[str]:
     return [b for b in ops.available_backends(op, device.type) if not (b == "triton" and device.type == "cpu")]
 
 
-def shapes(device: torch.device, quick: bool) -> dict:
-    """Wan 480x832 chunk: 3 frames x 30x52 tokens, 12 heads x 128. CPU attention is reduced."""
+def layouts(device: torch.device, quick: bool) -> list[str]:
+    """Both head layouts on a GPU; the 1.3B one on a CPU and in quick runs."""
+    return list(LAYOUTS) if device.type == "cuda" and not quick else ["1.3B"]
+
+
+def shapes(device: torch.device, quick: bool, heads: int = 12) -> dict:
+    """Wan 480x832 chunk: 3 frames x 30x52 tokens, heads x 128. CPU attention is reduced."""
     if quick:
         return dict(frames=3, grid=(6, 10), heads=4, head_dim=128, resident=12, attn_grid=(6, 10))
-    if device.type == "cuda":
-        return dict(frames=3, grid=(30, 52), heads=12, head_dim=128, resident=12, attn_grid=(30, 52))
-    return dict(frames=3, grid=(30, 52), heads=12, head_dim=128, resident=12, attn_grid=(15, 26))
+    attn_grid = (30, 52) if device.type == "cuda" else (15, 26)
+    return dict(frames=3, grid=(30, 52), heads=heads, head_dim=128, resident=12, attn_grid=attn_grid)
 
 
-def _row(op, impl, seconds, shape, dtype, work, unit, roof, baseline=None):
-    rate = work / seconds / (1e9 if unit == "GB/s" else 1e12)
-    return dict(op=op, impl=impl, seconds=seconds, rate=rate, unit=unit, roofline_fraction=rate / roof if roof else None,
-                shape=shape, dtype=str(dtype).replace("torch.", ""), speedup_vs_upstream=None if baseline is None else baseline / seconds)
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
-def rope_cases(device, dtype, quick, roof_gbps, repeats):
-    """rope3d alone, then the fused norm + RoPE + cache write of q, k, v."""
-    s = shapes(device, quick)
+@functools.lru_cache(maxsize=4)
+def _rope_inputs(device, dtype, quick, layout):
+    s = shapes(device, quick, LAYOUTS[layout])
     (gh, gw), nf, h, d = s["grid"], s["frames"], s["heads"], s["head_dim"]
     t, tpf = nf * gh * gw, gh * gw
     first = 60  # a chunk in the middle of a long video: the ring is full and wrapping
-    rope = Rope3D.for_wan(d, "flex", length=480)
-    tables = rope.tables(first, nf, gh, gw, device=device)
-    x = torch.randn(1, t, h, d, device=device, dtype=dtype)
-    table = upstream.rope_table(d, device)
-    rows = []
-    shape = f"[1, {t}, {h}, {d}]"
-    nbytes = 2 * x.numel() * x.element_size()
-    base = measure(lambda: upstream.rope_apply(x, table, nf, gh, gw, first), device, repeats=repeats)
-    rows.append(_row("rope3d", "upstream (float64 complex)", base, shape, dtype, nbytes, "GB/s", roof_gbps, base))
-    for name in backends("rope3d", device):
-        sec = measure(lambda: ops.rope3d(x, *tables, gh, gw, 0, backend=name), device, repeats=repeats)
-        rows.append(_row("rope3d", name, sec, shape, dtype, nbytes, "GB/s", roof_gbps, base))
-
-    # Fused: q, k, v from one qkv projection (strided), norms over H*D, write into the ring.
-    qkv = torch.randn(1, t, 3, h, d, device=device, dtype=dtype)
-    q, k, v = qkv.unbind(2)
-    wq = torch.rand(h * d, device=device, dtype=dtype) + 0.5
-    wk = torch.rand(h * d, device=device, dtype=dtype) + 0.5
+    qkv = torch.randn(1, t, 3, h, d, device=device, dtype=dtype)  # one projection: strided q, k, v
     sink, window = 3, 9
     ring = RingKVCache(1, h, d, tpf, sink, window, dtype=dtype, device=device)
-    slots = ring.slots(first, nf)
     shifting = upstream.ShiftingCache(1, h, d, tpf, sink, window, dtype, device)
+    q, k, v = qkv.unbind(2)
     for f in range(0, sink + window, nf):
         shifting.write(k[:, : nf * tpf], v[:, : nf * tpf], f)
-    nbytes = 6 * x.numel() * x.element_size() + 2 * wq.numel() * wq.element_size()
-    # As in generation, every 5th call (4 denoising passes + the clean pass) starts a new chunk.
-    frame_counter = (sink + window + nf * (i // 5) for i in itertools.count())
-    base = measure(lambda: upstream.self_attention_inputs(q, k, v, wq, wk, table, shifting, nf, gh, gw, next(frame_counter)), device, repeats=repeats)
-    rows.append(_row("norm_rope_cache_write", "upstream (norms + complex RoPE + shift copy)", base, shape, dtype, nbytes, "GB/s", roof_gbps, base))
-    for name in backends("norm_rope_cache_write", device):
-        fn = lambda: ops.norm_rope_cache_write(q, k, v, wq, wk, 1e-6, *tables, gh, gw, 0, ring.k, ring.v, slots, backend=name)
-        sec = measure(fn, device, repeats=repeats)
-        rows.append(_row("norm_rope_cache_write", name, sec, shape, dtype, nbytes, "GB/s", roof_gbps, base))
-    return rows
+    return dict(
+        x=torch.randn(1, t, h, d, device=device, dtype=dtype), q=q, k=k, v=v, gh=gh, gw=gw, nf=nf, first=first,
+        tables=Rope3D.for_wan(d, "flex", length=480).tables(first, nf, gh, gw, device=device),
+        table=upstream.rope_table(d, device), ring=ring, slots=ring.slots(first, nf), shifting=shifting,
+        wq=torch.rand(h * d, device=device, dtype=dtype) + 0.5, wk=torch.rand(h * d, device=device, dtype=dtype) + 0.5,
+        shape=f"[1, {t}, {h}, {d}]", sink=sink, window=window,
+    )
+
+
+def rope_cases(device, dtype, quick, layout="1.3B") -> list[OpCase]:
+    """rope3d alone, then the fused norm + RoPE + cache write of q, k, v."""
+    s = shapes(device, quick, LAYOUTS[layout])
+    t = s["frames"] * s["grid"][0] * s["grid"][1]
+    elem = torch.empty((), dtype=dtype).element_size()
+    x_bytes = t * s["heads"] * s["head_dim"] * elem
+    inputs = functools.partial(_rope_inputs, device, dtype, quick, layout)
+    shape = f"[1, {t}, {s['heads']}, {s['head_dim']}]"
+    case = functools.partial(OpCase, layout=layout, shape=shape, dtype=_dtype_name(dtype))
+    base = "upstream (float64 complex)"
+
+    def upstream_rope():
+        i = inputs()
+        return lambda: upstream.rope_apply(i["x"], i["table"], i["nf"], i["gh"], i["gw"], i["first"])
+
+    def flex_rope(name):
+        i = inputs()
+        return lambda: ops.rope3d(i["x"], *i["tables"], i["gh"], i["gw"], 0, backend=name)
+
+    cases = [case(op="rope3d", impl=base, work=2 * x_bytes, unit="GB/s", baseline=base, make=upstream_rope)]
+    cases += [case(op="rope3d", impl=name, work=2 * x_bytes, unit="GB/s", baseline=base,
+                   make=functools.partial(flex_rope, name)) for name in backends("rope3d", device)]
+
+    # Fused: q, k, v from one qkv projection (strided), norms over H*D, write into the ring.
+    nbytes = 6 * x_bytes + 2 * s["heads"] * s["head_dim"] * elem
+    base = "upstream (norms + complex RoPE + shift copy)"
+
+    def upstream_nrc():
+        i = inputs()
+        # As in generation, every 5th call (4 denoising passes + the clean pass) starts a new chunk.
+        frame = (i["sink"] + i["window"] + i["nf"] * (n // 5) for n in itertools.count())
+        return lambda: upstream.self_attention_inputs(i["q"], i["k"], i["v"], i["wq"], i["wk"], i["table"],
+                                                      i["shifting"], i["nf"], i["gh"], i["gw"], next(frame))
+
+    def flex_nrc(name):
+        i = inputs()
+        return lambda: ops.norm_rope_cache_write(i["q"], i["k"], i["v"], i["wq"], i["wk"], 1e-6, *i["tables"], i["gh"],
+                                                 i["gw"], 0, i["ring"].k, i["ring"].v, i["slots"], backend=name)
+
+    op = "norm_rope_cache_write"
+    cases.append(case(op=op, impl=base, work=nbytes, unit="GB/s", baseline=base, make=upstream_nrc))
+    cases += [case(op=op, impl=name, work=nbytes, unit="GB/s", baseline=base, make=functools.partial(flex_nrc, name))
+              for name in backends(op, device)]
+    return cases
 
 
 def flex_attention_call(q, ring: RingKVCache, scale=None):
@@ -103,64 +164,104 @@ def flex_attention_call(q, ring: RingKVCache, scale=None):
     return call
 
 
-def attention_cases(device, dtype, quick, roof_tflops, repeats):
-    """A chunk's queries over a full ring (sink 3 + window 9), plain and rotate-on-load."""
-    s = shapes(device, quick)
+@functools.lru_cache(maxsize=4)
+def _attention_inputs(device, dtype, quick, layout):
+    s = shapes(device, quick, LAYOUTS[layout])
     (gh, gw), nf, h, d, resident = s["attn_grid"], s["frames"], s["heads"], s["head_dim"], s["resident"]
     tpf = gh * gw
-    tq, tk = nf * tpf, resident * tpf
     ring = RingKVCache(1, h, d, tpf, 3, resident - 3, dtype=dtype, device=device)
     for f in range(0, 60, nf):  # wrap the ring several times
         ring.write(torch.randn(1, nf * tpf, h, d, device=device, dtype=dtype),
                    torch.randn(1, nf * tpf, h, d, device=device, dtype=dtype), f)
-    first = 60 - nf
-    q = torch.randn(1, tq, h, d, device=device, dtype=dtype)
     shifting = upstream.ShiftingCache(1, h, d, tpf, 3, resident - 3, dtype, device)
     shifting.k.copy_(ring.k)
     shifting.v.copy_(ring.v)
+    rope = Rope3D.for_wan(d, "flex", length=480)
+    return dict(q=torch.randn(1, nf * tpf, h, d, device=device, dtype=dtype), ring=ring, shifting=shifting, tpf=tpf,
+                first=60 - nf, gh=gh, gw=gw, key_table=rope.temporal_table(torch.arange(ring.n_slots, device=device)),
+                table=upstream.rope_table(d, device))
+
+
+def attention_cases(device, dtype, quick, layout="1.3B") -> list[OpCase]:
+    """A chunk's queries over a full ring (sink 3 + window 9), plain and rotate-on-load."""
+    s = shapes(device, quick, LAYOUTS[layout])
+    (gh, gw), nf, h, d, resident = s["attn_grid"], s["frames"], s["heads"], s["head_dim"], s["resident"]
+    tpf = gh * gw
+    tq, tk = nf * tpf, resident * tpf
+    inputs = functools.partial(_attention_inputs, device, dtype, quick, layout)
     flops = 4 * tq * tk * d * h
-    shape = f"q [1, {tq}, {h}, {d}] over {tk} keys"
-    rows = []
-    base = measure(lambda: shifting.attend(q, tk), device, repeats=repeats)
-    rows.append(_row("ring_attention", "upstream (SDPA over cache slice)", base, shape, dtype, flops, "TFLOP/s", roof_tflops, base))
-    prefix = ring.resident_prefix_tokens()
+    case = functools.partial(OpCase, layout=layout, shape=f"q [1, {tq}, {h}, {d}] over {tk} keys",
+                             dtype=_dtype_name(dtype), work=flops, unit="TFLOP/s")
     small = tq * tk * h <= REFERENCE_SCORE_LIMIT
-    for name in backends("ring_attention", device):
-        if name == "reference" and not small:
-            continue
-        fn = lambda: ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, first, resident_tokens=prefix, backend=name)
-        sec = measure(fn, device, repeats=repeats)
-        rows.append(_row("ring_attention", name, sec, shape, dtype, flops, "TFLOP/s", roof_tflops, base))
-    fn = flex_attention_call(q, ring)
-    if callable(fn):
-        sec = measure(fn, device, repeats=repeats)
-        rows.append(_row("ring_attention", "torch flex_attention (compiled, slot mask)", sec, shape, dtype, flops,
-                         "TFLOP/s", roof_tflops, base))
-    else:
-        print(f"note: no flex_attention row: {fn}")
+    base = "upstream (SDPA over cache slice)"
+
+    def upstream_attend():
+        i = inputs()
+        return lambda: i["shifting"].attend(i["q"], tk)
+
+    def flex_attend(name, rotate):
+        i, ring = inputs(), inputs()["ring"]
+        extra = dict(key_freqs_t=i["key_table"]) if rotate else dict(resident_tokens=ring.resident_prefix_tokens())
+        return lambda: ops.ring_attention(i["q"], ring.k, ring.v, ring.slot_frame, tpf, i["first"], **extra, backend=name)
+
+    def compiled_flex_attention():
+        call = flex_attention_call(inputs()["q"], inputs()["ring"])
+        if not callable(call):
+            raise RuntimeError(call)
+        return call
+
+    op = "ring_attention"
+    cases = [case(op=op, impl=base, baseline=base, make=upstream_attend)]
+    names = [n for n in backends(op, device) if small or n != "reference"]
+    cases += [case(op=op, impl=n, baseline=base, make=functools.partial(flex_attend, n, False)) for n in names]
+    cases.append(case(op=op, impl="torch flex_attention (compiled, slot mask)", baseline=base,
+                      make=compiled_flex_attention))
 
     # Rotate-on-load: keys cached without temporal rotation, positions re-indexed per chunk.
-    rope = Rope3D.for_wan(d, "flex", length=480)
-    positions = torch.arange(ring.n_slots, device=device)  # window-relative positions
-    key_table = rope.temporal_table(positions)
-    table = upstream.rope_table(d, device)
-
     def rerotate_then_sdpa():
         # What infinity-style windows do upstream: rotate the whole cache again, then attend.
-        k = upstream.rope_apply(ring.k, table, ring.n_slots, gh, gw, 0)
-        return torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), ring.v.transpose(1, 2)).transpose(1, 2)
+        i = inputs()
+        ring, q = i["ring"], i["q"]
 
-    base_rot = measure(rerotate_then_sdpa, device, repeats=repeats)
-    rows.append(_row("ring_attention_rotate_on_load", "upstream (re-rotate cache + SDPA)", base_rot, shape, dtype, flops, "TFLOP/s", roof_tflops, base_rot))
-    for name in backends("ring_attention", device):
-        if name == "reference" and not small:
-            continue
+        def call():
+            k = upstream.rope_apply(ring.k, i["table"], ring.n_slots, gh, gw, 0)
+            return torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), ring.v.transpose(1, 2)).transpose(1, 2)
+        return call
+
+    op, base = "ring_attention_rotate_on_load", "upstream (re-rotate cache + SDPA)"
+    cases.append(case(op=op, impl=base, baseline=base, make=rerotate_then_sdpa))
+    for name in names:
         try:
-            ops.resolve_backend("ring_attention", name, device, key_freqs_t=key_table, chunk_frames=0, resident_tokens=None, return_lse=False)
+            ops.resolve_backend("ring_attention", name, device, key_freqs_t=torch.empty(0), dtype=dtype, head_dim=d)
         except ValueError:
             continue  # backend has no rotate-on-load (sdpa, flash)
-        fn = lambda: ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, first, key_freqs_t=key_table, backend=name)
-        sec = measure(fn, device, repeats=repeats)
-        rows.append(_row("ring_attention_rotate_on_load", name, sec, shape, dtype, flops, "TFLOP/s", roof_tflops, base_rot))
+        cases.append(case(op=op, impl=name, baseline=base, make=functools.partial(flex_attend, name, True)))
+    return cases
+
+
+def all_cases(device, dtype, quick) -> list[OpCase]:
+    """Every op case of a run: per head layout, the RoPE ops then attention."""
+    out = []
+    for layout in layouts(device, quick):
+        out += rope_cases(device, dtype, quick, layout) + attention_cases(device, dtype, quick, layout)
+    return out
+
+
+def rows_from_benchmark_json(data: dict, roofline: dict) -> list[dict]:
+    """run.py's op rows (median seconds, min-max, rate, share of roofline, speedup over the
+    upstream-style baseline) from a pytest-benchmark JSON of benchmarks/test_ops.py."""
+    timed = [(b["extra_info"], b["stats"]) for b in data.get("benchmarks", []) if "op" in b.get("extra_info", {})]
+    median = {(i["op"], i["layout"], i["impl"]): s["median"] for i, s in timed}
+    rows = []
+    for info, stats in timed:
+        seconds = stats["median"]
+        gbps = info["unit"] == "GB/s"
+        rate = info["work"] / seconds / (1e9 if gbps else 1e12)
+        roof = roofline.get("copy_gbps" if gbps else "matmul_tflops")
+        base = median.get((info["op"], info["layout"], info["baseline"]))
+        rows.append(dict(op=info["op"], impl=info["impl"], layout=info["layout"], seconds=seconds,
+                         seconds_min=stats["min"], seconds_max=stats["max"], rounds=stats["rounds"], rate=rate,
+                         unit=info["unit"], roofline_fraction=rate / roof if roof else None, shape=info["shape"],
+                         dtype=info["dtype"], speedup_vs_upstream=None if base is None else base / seconds))
     return rows

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmarks import fps_methodology
+
 
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -23,10 +25,12 @@ def _fmt_time(seconds: float) -> str:
 
 
 def ops_table(rows: list[dict]) -> list[list[str]]:
-    table = [["op", "implementation", "time", "rate", "of roofline", "vs upstream"]]
+    table = [["op", "implementation", "time (min-max)", "rate", "of roofline", "vs upstream"]]
     for r in rows:
+        spread = f" ({_fmt_time(r['seconds_min'])}-{_fmt_time(r['seconds_max'])})" if "seconds_min" in r else ""
         table.append([
-            r["op"], r["impl"], _fmt_time(r["seconds"]), f"{r['rate']:.2f} {r['unit']}",
+            r["op"] + (f" [{r['layout']}]" if "layout" in r else ""), r["impl"], _fmt_time(r["seconds"]) + spread,
+            f"{r['rate']:.2f} {r['unit']}",
             "-" if r["roofline_fraction"] is None else f"{100 * r['roofline_fraction']:.1f}%",
             "-" if r["speedup_vs_upstream"] is None else f"{r['speedup_vs_upstream']:.2f}x",
         ])
@@ -46,16 +50,18 @@ def _ratio(r: dict, key: str, stats_key: str) -> str:
 
 
 def e2e_table(rows: list[dict]) -> list[list[str]]:
-    table = [["horizon", "path", "latent FPS", "video FPS", "model TFLOP/s", "of roofline", "peak mem",
-              "vs upstream (min-max)"]]
+    table = [["horizon", "path", "latent FPS", "video FPS", "steady video FPS", "first chunk", "model TFLOP/s",
+              "of roofline", "peak mem", "vs upstream (min-max)"]]
     for r in rows:
         if not _ok(r):
             table.append([f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"],
-                          "failed: " + r["error"], "", "", "", "", ""])
+                          "failed: " + r["error"], "", "", "", "", "", "", ""])
             continue
         table.append([
             f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"], f"{r['latent_fps']:.2f}",
-            f"{r['video_fps']:.2f}", f"{r['model_tflops']:.3f}" if r.get("model_tflops") else "-",
+            f"{r['video_fps']:.2f}", f"{r['steady_video_fps']:.2f}" if r.get("steady_video_fps") else "-",
+            _fmt_time(r["first_chunk_seconds"]) if r.get("first_chunk_seconds") else "-",
+            f"{r['model_tflops']:.3f}" if r.get("model_tflops") else "-",
             "-" if r.get("roofline_fraction") is None else f"{100 * r['roofline_fraction']:.1f}%",
             f"{r['peak_memory_mb']:.0f} MB", _ratio(r, "speedup_vs_upstream", "speedup_stats"),
         ])
@@ -142,8 +148,13 @@ def console_table(results: dict) -> str:
     parts = [_header(results)]
     if results["ops"]:
         parts.append(_text(ops_table(results["ops"])))
+    if results.get("canary"):
+        from benchmarks.canary_cost import table as canary_table
+
+        parts.append("first-use canaries (flex.canary; off in the timings above):\n" + _text(canary_table(results["canary"])))
     if results["e2e"]:
         parts.append(_text(e2e_table(results["e2e"])))
+        parts.append(fps_methodology.text())
     if results.get("e2e_options"):
         parts.append(_text(options_table(results["e2e_options"])))
     if results.get("decode", {}).get("decoders"):
@@ -160,10 +171,15 @@ def markdown(results: dict) -> str:
     parts = ["# FLEX benchmark", "```\n" + _header(results) + "\n```", f"Command: `{results['command']}`"]
     if results["ops"]:
         parts += ["## Ops", _markdown(ops_table(results["ops"]))]
+    if results.get("canary"):
+        from benchmarks.canary_cost import table as canary_table
+
+        parts += ["## First-use canaries (flex.canary)", _markdown(canary_table(results["canary"])),
+                  "First call of a process with FLEX_CANARY=1 (kernel + float64 reference on a slice of the call) "
+                  "against the plain call; later calls go straight to the verified kernel."]
     if results["e2e"]:
-        parts += ["## End to end", _markdown(e2e_table(results["e2e"])),
-                  "Text encoding is excluded; decode is measured separately (below). Peak memory: the CUDA "
-                  "allocator's peak on a GPU, the process RSS on a CPU."]
+        parts += ["## End to end", _markdown(e2e_table(results["e2e"])), fps_methodology.text(),
+                  "Peak memory: the CUDA allocator's peak on a GPU, the process RSS on a CPU."]
     if results.get("decode", {}).get("decoders"):
         parts += ["## Decode", _markdown(decode_table(results["decode"])),
                   "Video frames per second (4 x latent - 3). Decode FPS: chunk by chunk, random weights. End to end: "

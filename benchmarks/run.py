@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # ops + end to end on the default device
     python benchmarks/run.py --quick         # smoke run (seconds)
     python benchmarks/run.py --suite ops --device cuda --compare old/results.json
+    pytest benchmarks --benchmark-only            # the op suite alone, through pytest-benchmark
 
 Writes results.json, summary.md and PNG plots under --out (default benchmarks/results/latest).
 """
@@ -88,6 +89,9 @@ def parse_args(argv=None):
                    help="end-to-end paths among upstream,off,on,fast (default: all four)")
     p.add_argument("--no-options", action="store_true",
                    help="skip the table of compile / CUDA-graph options against eager")
+    p.add_argument("--profile", action="store_true",
+                   help="also write a torch.profiler trace of a few steady-state chunks of the FLEX path "
+                        "(profile-trace.json, profile-ops.txt; benchmarks/trace_chunks.py)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="results folder")
     p.add_argument("--compare", default=None, metavar="RESULTS.json", help="print ratios against a previous run")
     p.add_argument("--repeats", type=int, default=None,
@@ -128,13 +132,26 @@ def default_dtype(device: torch.device) -> str:
     return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
+def op_benchmarks(device: torch.device, dtype_name: str, quick: bool, repeats: int, out: Path) -> dict:
+    """Run the pytest-benchmark op suite (benchmarks/test_ops.py) in a child process; its JSON
+    (also kept as ops-benchmark.json, usable with --benchmark-compare) is the op results."""
+    path = out / "ops-benchmark.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "benchmarks" / "test_ops.py"),
+           "--benchmark-only", f"--benchmark-json={path}", "--bench-device", device.type, "--bench-dtype", dtype_name,
+           "--bench-repeats", str(repeats)] + (["--bench-quick"] if quick else [])
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode not in (0, 5) or not path.exists():  # 5: every case skipped
+        raise SystemExit(f"the op benchmarks failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return json.loads(path.read_text())
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or default_dtype(device)]
+    dtype_name = args.dtype or default_dtype(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         print("note: TRITON_INTERPRET=1 runs Triton kernels through the CPU interpreter: a correctness path, not a speed")
     if args.repeats is not None and args.repeats < 1:
@@ -142,6 +159,7 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (3 if args.quick else 10)
     rounds = args.repeats or (2 if args.quick else 3)
     full = args.full or device.type == "cuda"
+    os.environ.setdefault("FLEX_CANARY", "0")  # first-use canaries stay out of the timings (flex.canary)
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +169,7 @@ def main(argv=None) -> dict:
                    roofline={}, ops=[], e2e=[], e2e_options=[], e2e_notes=[], decode={}, quant={})
     steps = ["roofline"]  # every suite puts its rates next to the roofline of this run
     if args.suite in ("ops", "all"):
-        steps += ["rope", "attention"]
+        steps += ["ops"]
     if args.suite in ("e2e", "all"):
         steps += ["e2e"]
     if args.suite in ("quant", "all"):
@@ -164,10 +182,12 @@ def main(argv=None) -> dict:
                     copy_gbps=timing.copy_bandwidth(device, 32 if args.quick else 256, repeats),
                     matmul_tflops=timing.matmul_tflops(device, dtype, 512 if args.quick else (8192 if device.type == "cuda" else 2048), repeats),
                 )
-            elif step == "rope":
-                results["ops"] += ops_suite.rope_cases(device, dtype, args.quick, results["roofline"]["copy_gbps"], repeats)
-            elif step == "attention":
-                results["ops"] += ops_suite.attention_cases(device, dtype, args.quick, results["roofline"]["matmul_tflops"], repeats)
+            elif step == "ops":
+                timed = op_benchmarks(device, dtype_name, args.quick, repeats, out)
+                results["ops"] = ops_suite.rows_from_benchmark_json(timed, results["roofline"])
+                from benchmarks import canary_cost
+
+                results["canary"] = canary_cost.run(device, dtype, args.quick, repeats=min(repeats, 5))
             elif step == "e2e":
                 from benchmarks import e2e_suite
 
@@ -201,6 +221,13 @@ def main(argv=None) -> dict:
         results["distributed"] = distributed_suite.suite(args.world, device, args.quick)
         report.write_all(results, out)
         print(distributed_suite.summary(results["distributed"]))
+    if args.profile:
+        from benchmarks import trace_chunks
+
+        results["profile"] = trace_chunks.profile(device, dtype, args.quick, out)
+        report.write_all(results, out)
+        print(f"profile of {results['profile']['chunks']} steady-state chunks: {out / 'profile-trace.json'}, "
+              f"{out / 'profile-ops.txt'}")
     print(report.console_table(results))
     if args.compare:
         print(report.compare(results, json.loads(Path(args.compare).read_text())))

@@ -24,6 +24,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from . import canary
 from .checks import INT64_MAX, check_bool, check_float, check_int
 from .errors import SettingsError
 
@@ -121,20 +122,31 @@ def _warn_slow_fallback(call: Call) -> None:
 
 
 def select(call: Call, backend: str, device: torch.device):
-    """The backend module that runs ``call`` on ``device`` (``backend`` a name or "auto")."""
+    """The backend module that runs ``call`` on ``device`` (``backend`` a name or "auto").
+
+    Its first call of each variant is checked against the reference where canaries are on
+    (flex.canary); a variant that failed is skipped, the named backend included.
+    """
+    name, mod = _choose(call, backend, device)
+    return canary.guard(call, name, mod, device, lambda: select(call, "auto", device))
+
+
+def _choose(call: Call, backend: str, device: torch.device):
     op = call.op
     if backend == "auto":
         for name in auto_order(device):
-            if not backend_status(name)[0]:
+            if not backend_status(name)[0] or canary.is_bad(call, name, device):
                 continue
             mod = _module(name)
             if hasattr(mod, op) and device.type in mod.DEVICES and _supports(mod, call):
                 if name == "reference":
                     _warn_slow_fallback(call)
-                return mod
+                return name, mod
         raise ValueError(f"no backend available for {op} on {device.type}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    if canary.is_bad(call, backend, device):  # warned once when it failed its canary
+        return _choose(call, "auto", device)
     ok, reason = backend_status(backend)
     if not ok:
         raise ValueError(f"backend {backend!r} is not available: {reason}")
@@ -147,7 +159,7 @@ def select(call: Call, backend: str, device: torch.device):
         what = "per-head RoPE tables" if call.head_tables and not getattr(mod, "HEAD_TABLES", False) \
             else mod.supports.__doc__
         raise ValueError(f"backend {backend!r} does not support this {op} call: {what}")
-    return mod
+    return backend, mod
 
 
 def resolve_backend(op: str, backend: str, device: torch.device, **call) -> object:

@@ -6,6 +6,7 @@ the library (:mod:`flex.jobs`, :mod:`flex.serve`, :mod:`flex.evaluate`).
     flex serve      a live web demo                           (:mod:`.serve`)
     flex evaluate   metrics of videos                         (:mod:`.evaluate`)
     flex experiment generate + evaluate + tabulate a config   (:mod:`.evaluate`)
+    flex selftest   every kernel against float64 on this machine (:mod:`flex.selftest`)
 
 Exit status: 0 done; 1 runtime error; 2 usage error (reported before any model loads);
 130 interrupted; 143 terminated (SIGTERM).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import selftest
 from ..jobs.interrupt import Terminated
 from . import evaluate, generate, serve
 from .args import flex_config, latent_frames, settings_from_args
@@ -40,6 +42,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     generate.add_parser(sub, defaults)
     serve.add_parser(sub, defaults)
     evaluate.add_parser(sub)
+    selftest.add_parser(sub)
     return parser
 
 
@@ -56,6 +59,8 @@ def main(argv=None) -> int:
     try:
         if args.command in ("evaluate", "experiment"):
             return evaluate.run(args)
+        if args.command == "selftest":
+            return selftest.run(args)
         return COMMANDS[args.command].run(args, explicit_flags(argv))
     except CliError as err:
         log(f"error: {err}")

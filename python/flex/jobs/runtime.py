@@ -102,6 +102,12 @@ def load_model(settings: GenerationSettings):
                     fp32_modulation=settings.modulation == "fp32")
 
 
+def speed_settings(settings: GenerationSettings) -> dict:
+    """{setting name: value} of the options a speed note may concern."""
+    return {name: getattr(settings, name) for name in ("quant", "compile", "cuda_graphs", "backend", "dtype",
+                                                         "modulation", "vae")}
+
+
 def quiet_library_progress() -> None:
     """transformers / diffusers weight-loading bars would interleave with ours."""
     for name in ("transformers", "diffusers"):
@@ -134,9 +140,13 @@ def load_runtime(
 
     if not isinstance(settings, GenerationSettings):
         raise SettingsError("settings", f"must be a GenerationSettings, got {type(settings).__name__}")
+    from ..speed_notes import warnings_for
+
     log = log or logger.info
     quiet_library_progress()
     device, dtype = settings.torch_device, getattr(torch, DTYPES[settings.dtype])
+    for line in warnings_for(speed_settings(settings), device):  # an option slower than the default here says so
+        log(f"note: {line}")
 
     # 1. DiT weights, memory-mapped on the CPU: their config tells the text length and width.
     model, info = load_model(settings)
