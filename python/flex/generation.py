@@ -292,7 +292,9 @@ class GenerationSettings:
     noise            "ans" (per chunk, antiphase) or "upstream" (Self Forcing's own draws)
     schedules        per prompt, None or a prompt schedule ((seconds, text), ...) starting at 0 s
                      (flex.prompt_schedule); the prompt switches while that video streams
-    recache          what a switch does to the cached K/V (flex.pipeline.RECACHE_MODES)
+    recache          what a switch does to the cached K/V by default (flex.switching.SWITCH_MODES;
+                     None: the model's, "longlive" for LongLive, else "window")
+    global_sink      whether the sink survives re-encoding switches (None: the model's, True)
     backend, dtype, device, compile, cuda_graphs     runtime: flex.ops backend, "bf16" | "fp16" |
                      "fp32", "auto" | torch device, False | True | "frozen", bool
     overwrite        regenerate videos that are already finished with the same settings
@@ -325,7 +327,8 @@ class GenerationSettings:
     modulation: str = "fp32"
     noise: str = "ans"
     schedules: tuple | None = None
-    recache: str = "window"
+    recache: str | None = None
+    global_sink: bool | None = None
     vae: str = "wan"
     vae_weights: str | None = None
     quant: str = "none"
@@ -392,8 +395,10 @@ class GenerationSettings:
             object.__setattr__(self, "schedules", self._check_schedules())
         from .pipeline import RECACHE_MODES
 
-        if self.recache not in RECACHE_MODES:
+        if self.recache is not None and self.recache not in RECACHE_MODES:
             raise SettingsError("recache", f"recache must be one of {RECACHE_MODES}, got {self.recache!r}")
+        if self.global_sink not in (None, True, False):
+            raise SettingsError("global_sink", f"global_sink must be True, False or None, got {self.global_sink!r}")
         if not isinstance(self.flex, FlexConfig):
             raise SettingsError("flex", f"flex must be a FlexConfig, got {type(self.flex).__name__}")
         if not Path(self.dit).exists():
@@ -438,12 +443,15 @@ class GenerationSettings:
         frames, how = latent_frames(self.frames, self.seconds, self.flex.chunk_frames)
         if self.schedules is not None:
             from .prompt_schedule import ScheduleError, switch_frames
+            from .switching import SwitchError, switch_starts
 
+            recache = self.recache or self.model_preset.recache
             for i, sched in enumerate(self.schedules):
                 if sched is not None:
                     try:
-                        switch_frames(sched, FPS, frames)
-                    except ScheduleError as err:
+                        switch_starts([f for f, *_ in switch_frames(sched, FPS, frames)[1:]],
+                                      self.flex.chunk_frames, recache, frames)
+                    except (ScheduleError, SwitchError) as err:
                         raise SettingsError("schedules", f"schedules (prompt {i}): {err}") from None
         device = resolve_device(self.device)
         check_step_options(device, self.flex, self.compile, self.cuda_graphs)
@@ -527,7 +535,8 @@ class GenerationSettings:
             "shift": self.model_preset.shift, "warp": self.model_preset.warp_denoising_step,
             "context_noise": self.model_preset.context_noise, "modulation": self.modulation, "noise": self.noise,
             "schedule": None if self.schedules is None or self.schedules[i] is None else list(self.schedules[i]),
-            "recache": self.recache,
+            "recache": self.recache or self.model_preset.recache,
+            **({} if self.global_sink in (None, self.model_preset.global_sink) else {"global_sink": self.global_sink}),
             "vae": self.vae if self.vae == "wan" else {"tiny": _file_identity(self.vae_weights_path())},
             "quant": self.quant,
             "backend": self.backend, "dtype": self.dtype, "device": self.torch_device.type,
@@ -712,7 +721,7 @@ def generate_videos(
 
         for i in todo:
             if settings.schedules[i] is not None:
-                switches[i] = [(f, text_enc.encode([p]).cpu()) for f, p in
+                switches[i] = [(f, text_enc.encode([p]).cpu(), *mode) for f, p, *mode in
                                switch_frames(settings.schedules[i], FPS, frames)[1:]]
     del text_enc
     if device.type == "cuda":
@@ -738,7 +747,8 @@ def generate_videos(
             noise = dict(noise=UpstreamNoise(settings.seed + i))
         else:  # per chunk from a CPU generator: the same noise on every device
             noise = dict(generator=torch.Generator("cpu").manual_seed(settings.seed + i))
-        schedule = dict(prompts=[(0, embeddings[i])] + switches[i], text=None, recache=settings.recache) \
+        schedule = dict(prompts=[(0, embeddings[i])] + switches[i], text=None, recache=settings.recache,
+                        global_sink=settings.global_sink) \
             if i in switches else dict(text=embeddings[i])
         start = time.perf_counter()
         bar = tqdm(total=n_chunks, unit="chunk", desc=f"[{k + 1}/{len(todo)}] {out.name}",
