@@ -186,7 +186,10 @@ def test_switching_every_chunk_keeps_memory_constant():
     ([(3, 1)], "prompts\\[0\\] must start at frame 0"),
     ([], "non-empty"),
     ("a prompt", "non-empty"),
-    ([(0, 1, 2)], "prompts\\[0\\] must be a \\(first_frame, text\\) pair"),
+    ([(0, 1, 2, 2)], "prompts\\[0\\] must be a \\(first_frame, text\\) pair"),
+    ([(0, 1), (3, 2, "sink")], "prompts\\[1\\] mode must be one of"),
+    ([(0, 1), (4, 2), (5, 2)], "same 3-frame chunk"),
+    ([(0, 1), (20, 2)], "past the video's 21 frames"),
 ])
 def test_bad_schedules_name_the_entry(prompts, match):
     model = tiny(torch.float32)

@@ -83,7 +83,7 @@ def switch_starts(frames: Sequence[int], chunk_frames: int, mode: str, num_frame
 
 def check_mode(name: str, mode) -> str:
     if mode not in SWITCH_MODES:
-        raise SwitchError(name, f"{name} must be one of {SWITCH_MODES}, got {mode!r}")
+        raise SwitchError(name, f"{name} must be one of {SWITCH_MODES}, got {mode!r:.60}")
     return mode
 
 
@@ -100,7 +100,8 @@ def check_prompt_schedule(text, prompts, num_frames) -> tuple:
     entries = []
     for i, entry in enumerate(prompts):
         if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 3):
-            raise ValueError(f"prompts[{i}] must be a (first_frame, text) pair, got {entry!r:.60}")
+            raise ValueError(f"prompts[{i}] must be a (first_frame, text) pair or a (first_frame, text, mode) triple, "
+                             f"got {entry!r:.60}")
         frame = check_int(f"prompts[{i}] first_frame", entry[0], 0, num_frames - 1 if isinstance(num_frames, int)
                           and num_frames > 0 else None)
         if entries and frame <= entries[-1][0]:

@@ -3,7 +3,8 @@
 Page -> server, one JSON object per message:
 
     {"type": "start", "prompt": "...", "seed": 0}   start a stream (restarts a running one)
-    {"type": "switch", "prompt": "..."}             new prompt from the next chunk on
+    {"type": "switch", "prompt": "...", "mode": m}  new prompt from the next chunk on; mode
+                                                    (optional) one of flex.switching.SWITCH_MODES
     {"type": "stop"}                                stop after the current chunk
     {"type": "save"}                                save the stopped stream's video (mp4)
 
@@ -15,10 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..switching import SWITCH_MODES
+
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_BYTES = 16 * 1024  # larger messages are refused by the WebSocket layer itself
 MAX_SEED = 2**63 - 1
-FIELDS = {"start": {"prompt", "seed"}, "switch": {"prompt"}, "stop": set(), "save": set()}
+FIELDS = {"start": {"prompt", "seed"}, "switch": {"prompt", "mode"}, "stop": set(), "save": set()}
 
 
 class RequestError(ValueError):
@@ -30,6 +33,7 @@ class Command:
     type: str
     prompt: str | None = None
     seed: int = 0
+    mode: str | None = None  # a switch's mode (None: the server's --recache)
 
 
 def check_prompt(prompt) -> str:
@@ -62,5 +66,8 @@ def parse_command(text: str) -> Command:
         seed = msg.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise RequestError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
-        return Command(kind, prompt, seed)
+        mode = msg.get("mode")
+        if mode is not None and mode not in SWITCH_MODES:
+            raise RequestError(f"mode must be one of {SWITCH_MODES}, got {mode!r:.40}")
+        return Command(kind, prompt, seed, mode)
     return Command(kind)

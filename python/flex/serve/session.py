@@ -149,12 +149,13 @@ class Session:
                 return None, None
             if command.type == "switch":
                 try:
-                    stream.switch(self.engine.encode(command.prompt))
+                    stream.switch(self.engine.encode(command.prompt), command.mode)
                 except Exception as err:  # the stream goes on with its prompt
                     log.exception("switch failed")
                     self._post({"type": "error", "message": f"switch failed: {err}"})
                     continue
-                self._post({"type": "switched", "prompt": command.prompt, "at_frame": frames})
+                self._post({"type": "switched", "prompt": command.prompt, "at_frame": frames,
+                            "mode": command.mode or stream.recache})
             elif command.type == "stop":
                 return "stopped", None
             elif command.type == "start":
