@@ -262,9 +262,9 @@ class Pipeline:
         recache = self.recache if recache is None else check_mode("recache", recache)
         global_sink = self.global_sink if global_sink is None else check_bool("global_sink", global_sink)
         first_name = "text" if text is not None else "prompts[0]"
-        text, schedule = check_prompt_schedule(text, prompts, num_frames)
+        text, schedule = check_prompt_schedule(text, prompts, num_frames, self.config)
         starts = switch_starts([f for f, _, _ in schedule], self.config.chunk_frames, recache, num_frames)
-        self._check_switch_settings(recache, global_sink, [m for _, _, m in schedule])
+        self._check_switch_settings(recache, global_sink)
         self.text_batch(text, first_name)
         batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
         if self.parallel is not None:
@@ -281,11 +281,9 @@ class Pipeline:
         stream._chunks = self._stream(stream, text, timed, num_frames, batch, h, w, source, callback, progress)
         return stream
 
-    def _check_switch_settings(self, recache: str, global_sink: bool, modes) -> None:
+    def _check_switch_settings(self, recache: str, global_sink: bool) -> None:
         cfg = self.config
-        if cfg.rotate_on_load and "cut" in (recache, *modes):
-            raise SwitchError("recache" if recache == "cut" else "prompts",
-                              "switch mode 'cut' needs pre-rotated keys: not with dynamic or window positions")
+        check_mode("recache", recache, cfg)
         if not global_sink and cfg.position_policy == "window":
             raise SwitchError("global_sink", "global_sink=False moves the sink, which window positions place at "
                                              "0..sink-1: use absolute positions")

@@ -81,13 +81,18 @@ def switch_starts(frames: Sequence[int], chunk_frames: int, mode: str, num_frame
     return starts
 
 
-def check_mode(name: str, mode) -> str:
+def check_mode(name: str, mode, config=None, setting: str | None = None) -> str:
+    """A switch mode; with the stream's FlexConfig, also one that config can run. ``setting``:
+    the argument the SwitchError names (default ``name``)."""
+    setting = setting or name
     if mode not in SWITCH_MODES:
-        raise SwitchError(name, f"{name} must be one of {SWITCH_MODES}, got {mode!r:.60}")
+        raise SwitchError(setting, f"{name} must be one of {SWITCH_MODES}, got {mode!r:.60}")
+    if mode == "cut" and config is not None and config.rotate_on_load:
+        raise SwitchError(setting, f"{name} 'cut' needs pre-rotated keys: not with dynamic or window positions")
     return mode
 
 
-def check_prompt_schedule(text, prompts, num_frames) -> tuple:
+def check_prompt_schedule(text, prompts, num_frames, config=None) -> tuple:
     """(first prompt, [(frame, prompt, mode or None)] of the later switches) of ``Pipeline.stream``'s
     ``text`` and ``prompts`` arguments, validated (entries are (first_frame, text) or
     (first_frame, text, mode) with a mode of :data:`SWITCH_MODES`)."""
@@ -107,7 +112,7 @@ def check_prompt_schedule(text, prompts, num_frames) -> tuple:
         if entries and frame <= entries[-1][0]:
             raise ValueError(f"prompts[{i}] first_frame {frame} must be after prompts[{i - 1}]'s "
                              f"{entries[-1][0]} (the schedule is sorted, one prompt per frame)")
-        mode = check_mode(f"prompts[{i}] mode", entry[2]) if len(entry) == 3 else None
+        mode = check_mode(f"prompts[{i}] mode", entry[2], config, "prompts") if len(entry) == 3 else None
         entries.append((frame, entry[1], mode))
     if text is None:
         if entries[0][0] != 0:
@@ -210,9 +215,7 @@ class Stream:
         switch ``mode`` (default: the stream's ``recache``). Under a mode of ``ONE_PER_CHUNK``
         (``"longlive"``) switches made before one chunk take effect one per chunk, in order;
         under the others the last one before a chunk replaces the earlier ones."""
-        mode = self.recache if mode is None else check_mode("mode", mode)
-        if mode == "cut" and self.pipeline.config.rotate_on_load:
-            raise SwitchError("mode", "mode 'cut' needs pre-rotated keys: not with dynamic or window positions")
+        mode = self.recache if mode is None else check_mode("mode", mode, self.pipeline.config)
         batch = self.pipeline.text_batch(text)
         if batch != self.batch:
             raise ValueError(f"text has batch {batch}, the stream has batch {self.batch}")
