@@ -189,7 +189,8 @@ class ChunkStep:
         resident = table.resident_prefix_tokens()
         if resident is None and self.kernels.slices_resident_prefix:
             raise ValueError(f"chunks must be set in order from frame 0 (got first_frame {first_frame} after "
-                             f"{written} frames): the planned attention reads the resident ring prefix")
+                             f"{written} frames) and without a KV flush: the planned attention reads the "
+                             f"resident ring prefix (a masked backend, cpp or triton, reads any slots)")
         self.first_frame.fill_(first_frame)  # a fill kernel: no host-to-device copy
         self.position_shift.fill_(position_shift)
         if rope is not self._rope:  # new S: a small copy, once per stream unless S is dynamic
