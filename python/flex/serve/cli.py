@@ -105,7 +105,7 @@ def build_server(args, explicit: set[str] | None = None):
     sock = listen(args.host, args.port)
     try:
         _quiet_library_progress()
-        engine = Engine.from_settings(settings, recache=args.recache)
+        engine = Engine.from_settings(settings, recache=settings.recache or settings.model_preset.recache)
         config = uvicorn.Config(create_app(engine), log_level="warning", ws_max_size=MAX_MESSAGE_BYTES)
     except BaseException:
         sock.close()
