@@ -71,8 +71,9 @@ def reproduce_command(argv: list[str]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=("ops", "e2e", "quant", "all"), default="all",
-                   help="what to measure (default: all)")
+    p.add_argument("--suite", choices=("ops", "e2e", "quant", "switch", "all"), default="all",
+                   help="what to measure (default: all = ops, e2e, quant; switch: the latency of the first "
+                        "chunk after a prompt switch in each switch mode, benchmarks/switch_suite.py)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
     p.add_argument("--full", action="store_true",
                    help="the long horizons (up to 240 s) and the table of compile / CUDA-graph options; "
@@ -174,6 +175,8 @@ def main(argv=None) -> dict:
         steps += ["e2e"]
     if args.suite in ("quant", "all"):
         steps += ["quant"]
+    if args.suite == "switch":
+        steps += ["switch"]
     with tqdm(steps, desc="benchmarks", unit="suite") as bar:
         for step in bar:
             bar.set_postfix_str(step)
@@ -212,6 +215,11 @@ def main(argv=None) -> dict:
                 tiny = decoders(device, dtype, quick=True)["tiny (TAEHV)"]  # PSNR of the decoded frames
                 results["quant"] = quant_suite.run(device, dtype, args.quick, min(rounds, 2) if short else rounds,
                                                    frames=3 * e2e_suite.CHUNK if short else None, decode=tiny.decode)
+            elif step == "switch":
+                from benchmarks import switch_suite
+
+                results["switch"] = switch_suite.run(device, dtype, args.quick, rounds)
+                print(switch_suite.table(results["switch"]))
             # Written after every step, so a run cut short keeps what it measured.
             report.write_all(results, out)
 

@@ -59,6 +59,8 @@ def test_bad_schedule_flags(assets, tmp_path, capsys, args, message):
     ("0: a cat\n-1: a dog\n", "line 2: expected 'SECONDS: prompt'"),
     ("0: a cat\n5:   \n", "line 2: the prompt is empty"),
     ("0: a cat\n99: a dog\n", "past the end of the video"),
+    ("0: a cat\n0.25: a dog\n0.5: a bird\n", "same 3-frame chunk"),  # latent frames 1 and 2: one chunk
+    ("0: a cat\n0.25 [sink]: a dog\n", "line 2: the switch mode must be one of"),
     ('[[0, "a cat"], [1, ""]]', "entry 2: the prompt is empty"),
     ("[[0, ", "not valid JSON"),
 ])

@@ -186,7 +186,10 @@ def test_switching_every_chunk_keeps_memory_constant():
     ([(3, 1)], "prompts\\[0\\] must start at frame 0"),
     ([], "non-empty"),
     ("a prompt", "non-empty"),
-    ([(0, 1, 2)], "prompts\\[0\\] must be a \\(first_frame, text\\) pair"),
+    ([(0, 1, 2, 2)], "prompts\\[0\\] must be a \\(first_frame, text\\) pair"),
+    ([(0, 1), (3, 2, "sink")], "prompts\\[1\\] mode must be one of"),
+    ([(0, 1), (4, 2), (5, 2)], "same 3-frame chunk"),
+    ([(0, 1), (20, 2)], "past the video's 21 frames"),
 ])
 def test_bad_schedules_name_the_entry(prompts, match):
     model = tiny(torch.float32)
@@ -210,3 +213,101 @@ def test_bad_switches():
         stream.switch(torch.zeros(1, 5, 31))
     with pytest.raises(ValueError, match="batch"):
         stream.switch(torch.zeros(2, 5, 32))
+
+
+def run_with_switch(mode, cfg=None, at=15, total=21, spy_frame=None):
+    """A float32 tiny stream switching to another prompt before chunk ``at`` with ``mode``; returns
+    (latents, pipeline, spy with the cache entering each chunk, the chunk passes' positions)."""
+    model = tiny(torch.float32)
+    cfg = cfg or FlexConfig(strategy="none", rho=0.0, l_train=5, sink_frames=3, window_frames=6)
+    pipe = Pipeline(model, cfg, backend="cpp")
+    positions = {}
+    forward = model.forward
+
+    def spy(x, t, text, cache, first_frame, pos, *args, **kwargs):
+        positions.setdefault(first_frame, (pos, cache.slot_frame.clone()))
+        return forward(x, t, text, cache, first_frame, pos, *args, **kwargs)
+
+    model.forward = spy
+    try:
+        with CacheSpy(model, at) as caches:
+            prompts = [(0, emb(1, torch.float32)), (at, emb(7, torch.float32), mode)]
+            stream = pipe.stream(None, total, HW, generator=torch.Generator().manual_seed(0), prompts=prompts)
+            out = torch.cat(list(stream), 1)
+    finally:
+        model.__dict__.pop("forward", None)
+    return out, stream, caches.snapshots, positions
+
+
+def test_kv_flush_keeps_only_the_sink_and_the_last_frame():
+    flushed, stream, caches, positions = run_with_switch("flush")
+    kept, _, kept_caches, _ = run_with_switch("none")
+    assert stream.switches == [15]
+    _, held = positions[15]  # the slots entering chunk 15, before its frames are recorded
+    assert sorted(f for f in held.tolist() if f >= 0) == [0, 1, 2, 14]
+    _, held = positions[18]  # the ring refills from the last frame on
+    assert sorted(f for f in held.tolist() if f >= 0) == [0, 1, 2, 14, 15, 16, 17]
+    tpf = 2
+    slots = [0, 1, 2, 3 + (14 - 3) % 6]  # nothing is re-encoded: the kept K/V are bit for bit the old ones
+    for (k1, v1), (k0, v0) in zip(caches[15], kept_caches[15]):
+        for s in slots:
+            assert torch.equal(k1[:, s * tpf:(s + 1) * tpf], k0[:, s * tpf:(s + 1) * tpf])
+            assert torch.equal(v1[:, s * tpf:(s + 1) * tpf], v0[:, s * tpf:(s + 1) * tpf])
+    assert torch.equal(flushed[:, :15], kept[:, :15]) and not torch.allclose(flushed[:, 15:], kept[:, 15:])
+
+
+def test_rope_cut_moves_the_frames_after_the_switch_ahead():
+    cut, stream, caches, positions = run_with_switch("cut")
+    kept, _, kept_caches, _ = run_with_switch("none")
+    jump = 3 + 6  # default: sink + window frames
+    assert stream.cuts == [(15, jump)]
+    rope = Pipeline(tiny(torch.float32), FlexConfig(strategy="none", l_train=5, sink_frames=3,
+                                                   window_frames=6)).positions.rope_for_length(21)
+    from flex.rope import cos_sin
+
+    for f0, offset in ((12, 0), (15, jump), (18, jump)):
+        pos, _ = positions[f0]
+        want = cos_sin(torch.arange(f0, f0 + 3) + offset, rope.thetas_t, pos.freqs_t.dtype)
+        assert torch.equal(pos.freqs_t, want), f0
+    for (k1, v1), (k0, v0) in zip(caches[15], kept_caches[15]):  # the cache is not re-encoded
+        assert torch.equal(k1, k0) and torch.equal(v1, v0)
+    assert torch.equal(cut[:, :15], kept[:, :15]) and not torch.allclose(cut[:, 15:], kept[:, 15:])
+
+
+def test_cut_needs_pre_rotated_keys_and_global_sink_needs_absolute_positions():
+    from flex.switching import SwitchError
+
+    model = tiny(torch.float32)
+    dynamic = Pipeline(model, FlexConfig(l_train=5, sink_frames=3, window_frames=6, dynamic=True))
+    with pytest.raises(SwitchError, match="cut") as err:
+        dynamic.stream(None, 21, HW, prompts=[(0, emb(1, torch.float32)), (6, emb(2, torch.float32), "cut")])
+    assert err.value.setting == "prompts"
+    stream = dynamic.stream(emb(1, torch.float32), 21, HW)
+    with pytest.raises(SwitchError, match="cut"):
+        stream.switch(emb(2, torch.float32), mode="cut")
+    window = Pipeline(model, FlexConfig(l_train=5, sink_frames=3, window_frames=6, position_policy="window"))
+    with pytest.raises(SwitchError, match="global_sink") as err:
+        window.stream(emb(1, torch.float32), 21, HW, global_sink=False)
+    assert err.value.setting == "global_sink"
+
+
+def test_switches_in_one_chunk_longlive_defers_live_and_scheduled():
+    model = tiny(torch.float32)
+    cfg = FlexConfig(strategy="none", rho=0.0, l_train=5, sink_frames=3, window_frames=6)
+    a, b, c = (emb(s, torch.float32) for s in (1, 2, 3))
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    pipe = Pipeline(model, cfg, backend="cpp", recache="longlive")
+    scheduled = pipe.stream(None, 24, HW, generator=gen(), prompts=[(0, a), (16, b), (17, c)])
+    sched_out = torch.cat(list(scheduled), 1)
+    assert scheduled.switches == [18, 21]
+    live = pipe.stream(a, 24, HW, generator=gen())
+    chunks = []
+    for i, x in enumerate(live):
+        chunks.append(x)
+        if i == 5:  # after frames 15..17: two switches before the chunk at 18
+            live.switch(b)
+            live.switch(c)
+    assert live.switches == [18, 21] and torch.equal(torch.cat(chunks, 1), sched_out)
+    with pytest.raises(ValueError, match="same 3-frame chunk") as err:
+        Pipeline(model, cfg).stream(None, 24, HW, prompts=[(0, a), (16, b), (17, c)])
+    assert err.value.setting == "prompts"

@@ -106,6 +106,8 @@ def send(ws, **message):
     ('{"type": "start", "prompt": "a cat", "seed": -1}', "seed must be an integer"),
     ('{"type": "start", "prompt": "a cat", "seed": 1.5}', "seed must be an integer"),
     ('{"type": "stop", "now": true}', "unknown field(s) ['now']"),
+    ('{"type": "switch", "prompt": "a cat", "mode": "sink"}', "mode must be one of"),
+    ('{"type": "start", "prompt": "a cat", "mode": "cut"}', "unknown field(s) ['mode']"),
 ])
 def test_bad_messages_are_named(text, message):
     with pytest.raises(RequestError, match=None) as err:
@@ -117,6 +119,8 @@ def test_good_messages():
     cmd = parse_command('{"type": "start", "prompt": " a cat ", "seed": 7}')
     assert (cmd.type, cmd.prompt, cmd.seed) == ("start", "a cat", 7)
     assert parse_command('{"type": "stop"}').type == "stop"
+    assert parse_command('{"type": "switch", "prompt": "a dog", "mode": "cut"}').mode == "cut"
+    assert parse_command('{"type": "switch", "prompt": "a dog"}').mode is None
 
 
 def test_bad_serve_arguments(assets, tmp_path):

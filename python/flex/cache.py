@@ -25,13 +25,15 @@ import torch
 from .checks import check_int
 
 
-def frame_slots(frames: torch.Tensor, sink_frames: int, window_frames: int) -> torch.Tensor:
-    """Slot index of each frame index in ``frames`` (any integer tensor, any device)."""
+def frame_slots(frames: torch.Tensor, sink_frames: int, window_frames: int, sink_first: int = 0) -> torch.Tensor:
+    """Slot index of each frame index in ``frames`` (any integer tensor, any device). The sink
+    holds frames [sink_first, sink_first + sink_frames) (0 unless a switch moved it)."""
     if not isinstance(window_frames, int) or window_frames < 1:
         raise ValueError(f"window_frames must be an int >= 1 (frames past the sink need a ring), got {window_frames!r}")
     frames = frames.to(torch.int64)
     ring = sink_frames + torch.remainder(frames - sink_frames, window_frames)
-    return torch.where(frames < sink_frames, frames, ring)
+    in_sink = (frames >= sink_first) & (frames < sink_first + sink_frames)
+    return torch.where(in_sink, frames - sink_first, ring)
 
 
 def _check_sizes(**sizes) -> None:
@@ -70,9 +72,13 @@ class SlotTable:
 
     def reset_host(self) -> None:
         # Host mirror (no device read needed): the end of the frames written so far, and
-        # whether they were written in order from frame 0 (then the resident slots form a prefix).
+        # whether they were written in order from frame 0 (then the resident slots form a prefix);
+        # the first sink frame (moved by rebase) and the first frame the ring may still hold
+        # (raised by flush).
         self.frames_written = 0
         self.in_order = True
+        self.sink_first = 0
+        self.window_from = 0
 
     def reset(self) -> None:
         self.slot_frame.fill_(-1)
@@ -95,7 +101,7 @@ class SlotTable:
         """Slots of frame indices already checked to fit (see :meth:`check_chunk`)."""
         if self.window_frames == 0:  # a sink-only cache: frame f < sink_frames lives in slot f
             return frames.to(torch.int64)
-        return frame_slots(frames, self.sink_frames, self.window_frames)
+        return frame_slots(frames, self.sink_frames, self.window_frames, self.sink_first)
 
     def slots(self, first_frame, n_frames: int) -> torch.Tensor:
         """Slots of frames [first_frame, first_frame + n_frames) as an int64 device tensor."""
@@ -120,13 +126,28 @@ class SlotTable:
         """``slot_frame`` as it will be once ``frames`` are recorded in ``slots`` (device ops)."""
         return self.slot_frame.clone().index_copy_(0, slots, frames)
 
+    def flush(self, keep_from: int) -> None:
+        """Empty the ring slots of every window frame before ``keep_from`` (the sink stays)."""
+        self.window_from = max(self.window_from, keep_from)
+        ring = torch.arange(self.n_slots, device=self.device) >= self.sink_frames
+        self.slot_frame.masked_fill_(ring & (self.slot_frame < keep_from), -1)
+
+    def rebase(self, first: int) -> None:
+        """Make frames [first, first + sink_frames) the sink and the frames after them the ring
+        (host side; the caller rewrites every slot, e.g. a re-cache of the last sink + window frames)."""
+        self.sink_first = first
+        self.window_from = first + self.sink_frames
+
+    def _window_start(self) -> int:
+        return max(self.sink_first + self.sink_frames, self.frames_written - self.window_frames)
+
     def resident_frames(self) -> list[int]:
         """The frames the slots hold once frames [0, frames_written) were written in order (host)."""
         if not self.in_order:
             raise ValueError("the resident frames are known on the host only when frames were written in order")
         end = self.frames_written
-        sink = list(range(min(self.sink_frames, end)))
-        return sink + list(range(max(self.sink_frames, end - self.window_frames), end))
+        sink = list(range(self.sink_first, min(self.sink_first + self.sink_frames, end)))
+        return sink + list(range(max(self._window_start(), self.window_from), end))
 
     def resident_prefix_tokens(self) -> int | None:
         """Tokens of the resident prefix, or None when the resident slots are not a prefix.
@@ -135,7 +156,7 @@ class SlotTable:
         prefix [0, n) of the ring, and attention that needs no mask can run on k[:, :n]
         directly (key order does not matter to softmax). After a gap they do not.
         """
-        if not self.in_order:
+        if not self.in_order or self.window_from > self._window_start():  # a flushed slot is still empty
             return None
         return min(self.n_slots, self.frames_written) * self.tokens_per_frame
 

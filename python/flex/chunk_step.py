@@ -183,17 +183,19 @@ class ChunkStep:
 
     def set_chunk(self, first_frame: int, rope: Rope3D, position_shift: int = 0, scale: float | None = None) -> None:
         """Point the buffers at chunk [first_frame, +chunk_frames) with positions from ``rope``."""
-        if not isinstance(position_shift, int) or not 0 <= position_shift <= first_frame:
-            raise ValueError(f"position_shift must be an int in [0, first_frame={first_frame}], got {position_shift!r}")
-        if position_shift and not self.config.rotate_on_load:
-            raise ValueError("position_shift > 0 needs rotate-on-load (a dynamic or window-position FlexConfig)")
+        if not isinstance(position_shift, int) or position_shift > first_frame:
+            raise ValueError(f"position_shift must be an int <= first_frame={first_frame}, got {position_shift!r}")
+        if (position_shift > 0) != (position_shift != 0 and self.config.rotate_on_load):
+            raise ValueError("position_shift > 0 needs rotate-on-load (a dynamic or window-position FlexConfig); "
+                             "< 0 (a RoPE cut) needs pre-rotated keys")
         table = self.cache.table
         written = table.frames_written
         table.reserve(first_frame, self.n_frames)
         resident = table.resident_prefix_tokens()
         if resident is None and self.kernels.slices_resident_prefix:
             raise ValueError(f"chunks must be set in order from frame 0 (got first_frame {first_frame} after "
-                             f"{written} frames): the planned attention reads the resident ring prefix")
+                             f"{written} frames) and without a KV flush: the planned attention reads the "
+                             f"resident ring prefix (a masked backend, cpp or triton, reads any slots)")
         self.first_frame.fill_(first_frame)  # a fill kernel: no host-to-device copy
         self.position_shift.fill_(position_shift)
         if rope is not self._rope:  # new S: a small copy, once per stream unless S is dynamic

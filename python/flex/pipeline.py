@@ -33,7 +33,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from . import ops
-from .checks import check_bool, check_choice, check_float
+from .checks import check_bool, check_float
 from .cache import ModelKVCache, TextCache
 from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
@@ -42,7 +42,8 @@ from .noise import ChunkNoise, GivenNoise, NoiseSource
 from .positions import ChunkPositions, PositionPolicy, chunk_positions
 from .rope import Rope3D
 from .schedule import SELF_FORCING_STEPS, FlowMatchSchedule
-from .switching import RECACHE_MODES, ContextLatents, Stream, check_prompt_schedule, recache_resident
+from .switching import (RECACHE_MODES, ContextLatents, Stream, SwitchError, apply_switch, check_mode,
+                        check_prompt_schedule, switch_starts)
 
 DEFAULT_LATENT_SIZE = (60, 104)  # 480 x 832 video
 
@@ -86,6 +87,10 @@ class Pipeline:
         parallel: a :class:`flex.sequence_parallel.ParallelPlan` to run every stream sequence parallel
             over its process group (each rank calls the same stream with the same prompt and
             noise; each gets the whole latents); None (default) runs in this process alone.
+        recache: the default mode of a stream's prompt switches (:data:`flex.switching.SWITCH_MODES`;
+            the LongLive preset's is "longlive").
+        global_sink: whether the sink frames stay the sink across re-encoding switches (LongLive's
+            ``global_sink``, default True); False moves it (see flex.switching).
     """
 
     def __init__(
@@ -101,6 +106,8 @@ class Pipeline:
         compile: bool | str | Callable = False,
         cuda_graphs: bool = False,
         parallel=None,
+        recache: str = "window",
+        global_sink: bool = True,
     ):
         if not isinstance(model, CausalWanModel):
             raise ValueError(f"model must be a CausalWanModel, got {type(model).__name__}")
@@ -109,6 +116,8 @@ class Pipeline:
             raise ValueError(f"config must be a FlexConfig, got {type(config).__name__}")
         check_float("context_noise", context_noise, 0.0, 1000.0)
         check_bool("warp_denoising_step", warp_denoising_step)
+        self.recache = check_mode("recache", recache)
+        self.global_sink = check_bool("global_sink", global_sink)
         ops.backend_per_op(backend)  # validates the name(s) now
         check_step_options(model.device, config, compile, cuda_graphs)
         if parallel is not None:  # sequence parallel: rules checked once here
@@ -131,13 +140,17 @@ class Pipeline:
 
     # ------------------------------------------------------------ positions
 
-    def chunk_positions(self, first_frame: int, n_frames: int, total_frames: int) -> tuple[Rope3D, int, float]:
-        """(RoPE thetas, position shift, softmax scale) of chunk [first_frame, +n_frames)."""
-        return self.positions.for_chunk(first_frame, n_frames, total_frames)
+    def chunk_positions(self, first_frame: int, n_frames: int, total_frames: int,
+                        offset: int = 0) -> tuple[Rope3D, int, float]:
+        """(RoPE thetas, position shift, softmax scale) of chunk [first_frame, +n_frames);
+        ``offset``: how far RoPE cuts moved the chunk ahead (a negative shift)."""
+        rope, shift, scale = self.positions.for_chunk(first_frame, n_frames, total_frames)
+        return rope, shift - offset, scale
 
-    def chunk_tables(self, cache: ModelKVCache, first_frame: int, n_frames: int, total_frames: int) -> ChunkPositions:
+    def chunk_tables(self, cache: ModelKVCache, first_frame: int, n_frames: int, total_frames: int,
+                     offset: int = 0) -> ChunkPositions:
         """The frames, slots and RoPE tables of one chunk (shared by its 5 passes and every layer)."""
-        rope, shift, scale = self.chunk_positions(first_frame, n_frames, total_frames)
+        rope, shift, scale = self.chunk_positions(first_frame, n_frames, total_frames, offset)
         return chunk_positions(rope, cache.table, first_frame, n_frames, cache.grid_h, cache.grid_w,
                                position_shift=shift, rotate_on_load=self.config.rotate_on_load, scale=scale,
                                dtype=self.model.table_dtype)
@@ -219,7 +232,8 @@ class Pipeline:
         callback: Callable[[ChunkInfo, torch.Tensor], None] | None = None,
         progress: bool = False,
         prompts: Sequence[tuple[int, torch.Tensor | TextCache]] | None = None,
-        recache: str = "window",
+        recache: str | None = None,
+        global_sink: bool | None = None,
     ) -> "Stream":
         """A :class:`Stream` of each finished chunk's clean latents [B, chunk_frames, 16, H, W].
 
@@ -230,35 +244,49 @@ class Pipeline:
         after the first. Noise not given is drawn from ``generator`` (global RNG when None), per
         chunk, initial noise first, then the re-noising of each step (:class:`ChunkNoise`).
 
-        prompts: a schedule [(first_frame, text), ...] (strictly increasing frames in
-        [0, num_frames); with ``text=None`` the first entry must be at frame 0): the prompt
-        switches before the first chunk that starts at or after its frame, as LongLive does.
-        ``Stream.switch(text)`` switches live, before the next chunk. ``recache`` says what
-        happens to the cached K/V at a switch (see :data:`RECACHE_MODES`). Everything is
-        validated before anything is computed.
+        prompts: a schedule [(first_frame, text), ...] or (first_frame, text, mode) (strictly
+        increasing frames in [0, num_frames); with ``text=None`` the first entry must be at frame
+        0): the chunk where each switch takes effect follows :func:`flex.switching.switch_starts`
+        (the first chunk that starts at or after its frame, as LongLive does; two in one chunk:
+        deferred under "longlive", refused otherwise). ``Stream.switch(text, mode)`` switches
+        live, before the next chunk. ``recache`` (default: the Pipeline's) is the default mode of
+        the switches, ``global_sink`` (default: the Pipeline's) whether the sink survives them
+        (see :data:`flex.switching.SWITCH_MODES`). Everything is validated before anything is
+        computed.
         """
         tensor_noise = noise if isinstance(noise, torch.Tensor) or noise is None else None
         if noise is not None and tensor_noise is None and not isinstance(noise, NoiseSource):
             raise ValueError(f"noise must be a NoiseSource, a tensor or None, got {type(noise).__name__}")
         if isinstance(noise, NoiseSource) and (renoise is not None or generator is not None):
             raise ValueError("noise is a NoiseSource: it draws every noise itself, so renoise and generator must be None")
-        check_choice("recache", recache, RECACHE_MODES)
+        recache = self.recache if recache is None else check_mode("recache", recache)
+        global_sink = self.global_sink if global_sink is None else check_bool("global_sink", global_sink)
         first_name = "text" if text is not None else "prompts[0]"
-        text, schedule = check_prompt_schedule(text, prompts, num_frames)
+        text, schedule = check_prompt_schedule(text, prompts, num_frames, self.config)
+        starts = switch_starts([f for f, _, _ in schedule], self.config.chunk_frames, recache, num_frames)
+        self._check_switch_settings(recache, global_sink)
         self.text_batch(text, first_name)
         batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
         if self.parallel is not None:
             _, ph, pw = self.model.config.patch_size
             self.parallel.check(self.model.num_heads, (h // ph) * (w // pw))
-        for i, (_, entry) in enumerate(schedule):
+        for i, (_, entry, _) in enumerate(schedule):
             if self.text_batch(entry, f"prompts[{i}]") != batch:
                 raise ValueError(f"prompts[{i}] has batch {self.text_batch(entry)}, the stream has batch {batch}")
         source = noise if isinstance(noise, NoiseSource) else self.default_noise(generator)
         if tensor_noise is not None or renoise is not None:
             source = GivenNoise(tensor_noise, renoise, source)
-        stream = Stream(self, batch, recache)
-        stream._chunks = self._stream(stream, text, schedule, num_frames, batch, h, w, source, callback, progress)
+        stream = Stream(self, batch, recache, global_sink)
+        timed = [(start, entry, recache if mode is None else mode) for start, (_, entry, mode) in zip(starts, schedule)]
+        stream._chunks = self._stream(stream, text, timed, num_frames, batch, h, w, source, callback, progress)
         return stream
+
+    def _check_switch_settings(self, recache: str, global_sink: bool) -> None:
+        cfg = self.config
+        check_mode("recache", recache, cfg)
+        if not global_sink and cfg.position_policy == "window":
+            raise SwitchError("global_sink", "global_sink=False moves the sink, which window positions place at "
+                                             "0..sink-1: use absolute positions")
 
     def generate(self, text, num_frames: int, latent_size=None, **kwargs) -> torch.Tensor:
         """All latents [B, num_frames, 16, H, W] (see :meth:`stream` for the arguments)."""
@@ -309,34 +337,35 @@ class Pipeline:
                     cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames,
                                             **self._parallel_kw)
             self.cache = cache
-            context = ContextLatents(cfg.sink_frames, cfg.window_frames)
+            context = ContextLatents(cfg.sink_frames, cfg.sink_frames + cfg.window_frames)
             source.start((batch, num_frames, model.config.in_dim, h, w), device, model.param_dtype)
-            pending = list(schedule)
+            pending = list(schedule)  # (chunk start, prompt, mode), see switch_starts
             start = time.perf_counter()
             for c in range(n_chunks):
                 f0 = c * n
                 while pending and pending[0][0] <= f0:  # scheduled switches reached by this chunk
-                    handle.switch(pending.pop(0)[1])
+                    _, entry, mode = pending.pop(0)
+                    handle.switch(entry, mode)
                 with torch.no_grad():
-                    new_text = handle._take_switch()
-                    if new_text is not None:
-                        text_cache = new_text
+                    taken = handle._take_switch()
+                    if taken is not None:
+                        text_cache, mode = taken
                         if fixed:
-                            step.set_text(new_text)
-                        recache_resident(self, handle.recache, cache, step.text if fixed else text_cache,
-                                         context, f0, num_frames)
+                            step.set_text(text_cache)
+                        apply_switch(self, handle, mode, cache, step.text if fixed else text_cache, context, f0,
+                                     num_frames)
                         handle.switches.append(f0)
+                    offset = handle.position_offset(f0)
                     if fixed:
-                        step.set_chunk(f0, *self.chunk_positions(f0, n, num_frames))
+                        step.set_chunk(f0, *self.chunk_positions(f0, n, num_frames, offset))
                         run = step
                     else:
-                        pos = self.chunk_tables(cache, f0, n, num_frames)
+                        pos = self.chunk_tables(cache, f0, n, num_frames, offset)
                         run = (lambda x, t, f0=f0, pos=pos, text_cache=text_cache:
                                model(x, t, text_cache, cache, f0, pos, self.backend, **self._parallel_kw))
                     x = source.initial(f0, n).to(device, ldt)
                     x0 = self._denoise_chunk(run, x, f0, source)
-                    if handle.recache != "none":
-                        context.add(f0, x0)
+                    context.add(f0, x0)
                 if report:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)

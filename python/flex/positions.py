@@ -11,9 +11,10 @@ Two parts, one home each:
   the traced pass -- the same code, so both paths compute the same bits.
 
 Positions: a query of frame f sits at position f - shift; a key of frame f at position f
-when f is a sink frame, else f - shift. shift 0 is Wan's absolute positions; a shift needs
+when f is a sink frame, else f - shift. shift 0 is Wan's absolute positions; a shift > 0 needs
 rotate-on-load (cached keys then carry no temporal rotation, and each slot's key table is
-rebuilt from the frame it holds).
+rebuilt from the frame it holds). A shift < 0 is a RoPE cut (flex.switching): frames after
+the cut sit ahead of their index, with pre-rotated keys, so the cached frames keep theirs.
 """
 from __future__ import annotations
 
@@ -54,10 +55,12 @@ class ChunkPositions:
 def _check_shift(first_frame, position_shift, rotate_on_load: bool) -> None:
     if isinstance(position_shift, torch.Tensor):
         return  # device value: checked by the host side that filled it
-    if not isinstance(position_shift, int) or isinstance(position_shift, bool) or position_shift < 0:
-        raise ValueError(f"position_shift must be an int >= 0, got {position_shift!r}")
-    if position_shift and not rotate_on_load:
+    if not isinstance(position_shift, int) or isinstance(position_shift, bool):
+        raise ValueError(f"position_shift must be an int, got {position_shift!r}")
+    if position_shift > 0 and not rotate_on_load:
         raise ValueError("position_shift > 0 needs rotate_on_load=True (pre-rotated keys cannot move)")
+    if position_shift < 0 and rotate_on_load:  # a RoPE cut: new frames jump ahead, cached keys stay
+        raise ValueError("position_shift < 0 (a RoPE cut) needs pre-rotated keys (rotate_on_load=False)")
     if not isinstance(first_frame, torch.Tensor) and position_shift > first_frame:
         raise ValueError(f"position_shift ({position_shift}) must not exceed first_frame ({first_frame})")
 
@@ -101,7 +104,8 @@ def frame_positions(
 ) -> ChunkPositions:
     """:func:`chunk_positions` for any frames already checked to fit the cache (e.g. the
     resident frames re-cached at a prompt switch): a frame f sits at position f when it is a
-    sink frame, else at f - position_shift -- for queries and keys alike."""
+    sink frame, else at f - position_shift -- for queries and keys alike. ``position_shift``
+    may be a tensor of one shift per frame (frames on both sides of a RoPE cut)."""
     device = table.device
     slots = table.slots_of(frames)
     if scale is None:

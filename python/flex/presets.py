@@ -52,6 +52,7 @@ from .config import FlexConfig
 from .models.config import WAN_PRESETS
 from .schedule import FlowMatchSchedule
 from .errors import SettingsError
+from .switching import SWITCH_MODES
 
 # Checkpoint entry each model's inference reads; None: the file is a bare state dict.
 WEIGHT_ENTRIES = ("generator_ema", "generator", None)
@@ -76,6 +77,8 @@ class ModelPreset:
     lora_rank, lora_alpha  the LoRA its release merges into the weights (LongLive), else None
     final_step_at_t0     upstream runs one more denoising pass at t = 0 after the listed steps
                          (Krea); :class:`flex.pipeline.Pipeline` does not run it
+    recache, global_sink what a prompt switch does to the cache by default
+                         (:data:`flex.switching.SWITCH_MODES`; LongLive: its own rule, "longlive")
     """
 
     name: str
@@ -90,6 +93,8 @@ class ModelPreset:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     final_step_at_t0: bool = False
+    recache: str = "window"
+    global_sink: bool = True
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -118,6 +123,8 @@ class ModelPreset:
             check_int("lora_rank", self.lora_rank, 1)
             check_float("lora_alpha", self.lora_alpha, 0.0, low_open=True)
         check_bool("final_step_at_t0", self.final_step_at_t0)
+        check_choice("recache", self.recache, SWITCH_MODES)
+        check_bool("global_sink", self.global_sink)
 
     @property
     def chunk_frames(self) -> int:
@@ -149,7 +156,8 @@ class ModelPreset:
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of :class:`flex.pipeline.Pipeline` for this model's schedule."""
         return dict(denoising_steps=list(self.denoising_steps), warp_denoising_step=self.warp_denoising_step,
-                    shift=self.shift, context_noise=self.context_noise)
+                    shift=self.shift, context_noise=self.context_noise, recache=self.recache,
+                    global_sink=self.global_sink)
 
     def load_kwargs(self) -> dict:
         """Keyword arguments of :func:`flex.loading.load_dit` (the LoRA file itself is the user's)."""
@@ -211,6 +219,9 @@ LONGLIVE = ModelPreset(
     context_noise=0.0,  # longlive_inference.yaml: context_noise: 0
     weights="generator",  # longlive_inference.yaml: use_ema: false (inference.py: state_dict["generator"])
     lora_rank=256, lora_alpha=256.0,  # longlive_inference.yaml: adapter rank 256, alpha 256 (lora.pt)
+    # pipeline/interactive_causal_inference.py _recache_after_switch and the switch loop;
+    # longlive_interactive_inference.yaml: global_sink: true
+    recache="longlive", global_sink=True,
     flex=FlexConfig(
         alpha=1.0, beta=15.0,  # FLEX paper, LongLive
         l_train=240,  # FLEX paper; longlive_train_long.yaml: streaming_max_length: 240

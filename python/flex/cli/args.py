@@ -157,12 +157,23 @@ def add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> None
                          "its dtype, re-noising with randn_like), so that with --no-flex a seed reproduces "
                          "upstream's latents")
     prompts.add_argument("--prompt-schedule", default=d(None), metavar="FILE",
-                    help="a prompt schedule for the video: lines 'SECONDS: prompt' or a JSON list of "
-                         "[seconds, prompt] (instead of --prompt; in a --prompts file a line may hold "
-                         "'0: a cat | 5: a dog')")
+                    help="a prompt schedule for the video: lines 'SECONDS: prompt' (or 'SECONDS [MODE]: "
+                         "prompt', MODE one of --recache's) or a JSON list of [seconds, prompt(, mode)] "
+                         "(instead of --prompt; in a --prompts file a line may hold '0: a cat | 5: a dog')")
     io.add_argument("--recache", choices=RECACHE_MODES, default=default("recache"),
-                    help="at a prompt switch: recompute the window's cached K/V under the new prompt "
-                         "(window), also the sink's (all), or keep them (none)")
+                    help="what a prompt switch does to the cached K/V (default: the model's; longlive for "
+                         "LongLive, else window): recompute the window's under the new prompt (window), also "
+                         "the sink's (all), keep them (none), LongLive's rule (longlive: all while the switch "
+                         "is within the first sink + window frames, window after), keep only the sink and the "
+                         "last frame (flush: infinity-RoPE's KV Flush), or jump the temporal RoPE position to "
+                         "start a new shot (cut: its RoPE Cut). A schedule line 'SECONDS [MODE]: prompt' picks "
+                         "a switch's own mode. A switch at a frame takes effect at the first chunk starting at "
+                         "or after it; two in one chunk are deferred one chunk each under longlive (as "
+                         "LongLive does) and refused under the other modes")
+    io.add_argument("--global-sink", action=argparse.BooleanOptionalAction, default=default("global_sink"),
+                    help="keep the sink frames across re-encoding switches (LongLive's global_sink, default); "
+                         "--no-global-sink recomputes the last sink + window frames at a switch and makes the "
+                         "oldest of them the new sink")
 
     run = p.add_argument_group("runtime")
     run.add_argument("--backend", default=default("backend"),
@@ -272,6 +283,7 @@ def settings_from_args(args, explicit: set[str]):
     try:
         return GenerationSettings(
             dit=args.dit, wan_dir=args.wan_dir, prompts=prompts, schedules=schedules, recache=args.recache,
+            global_sink=args.global_sink,
             model=args.model, shift=args.shift, warp=False if args.no_warp else None,
             modulation=args.modulation, noise=args.noise, out=args.out,
             frames=args.frames, seconds=args.seconds, seed=args.seed, height=args.height, width=args.width,

@@ -151,14 +151,14 @@ def generate_videos(
         for i in todo:
             if settings.schedules[i] is not None:
                 switches[i] = switch_frames(settings.schedules[i], FPS, frames)[1:]
-    needed = [settings.prompts[i] for i in todo] + [p for i in todo for _, p in switches.get(i, ())]
+    needed = [settings.prompts[i] for i in todo] + [e[1] for i in todo for e in switches.get(i, ())]
     runtime = load_runtime(settings, prompts=list(dict.fromkeys(needed)), decoder=write, parallel=parallel,
                            log=log)
     vae = runtime.decoder
 
     for k, i in enumerate(todo):
         out = settings.outputs[i]
-        later = [(f, runtime.encode(p)) for f, p in switches.get(i, ())]
+        later = [(f, runtime.encode(p), *mode) for f, p, *mode in switches.get(i, ())]  # mode: per switch
         start = time.perf_counter()
         bar = tqdm(total=n_chunks, unit="chunk", desc=f"[{k + 1}/{len(todo)}] {out.name}",
                    disable=not progress, file=sys.stderr)

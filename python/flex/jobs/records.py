@@ -48,7 +48,10 @@ def video_record(settings, i: int) -> dict:
         "shift": settings.model_preset.shift, "warp": settings.model_preset.warp_denoising_step,
         "context_noise": settings.model_preset.context_noise, "modulation": settings.modulation, "noise": settings.noise,
         "schedule": None if settings.schedules is None or settings.schedules[i] is None else list(settings.schedules[i]),
-        "recache": settings.recache,
+        "recache": settings.recache or settings.model_preset.recache,
+        # only when it is not the model's default: the hashes of earlier videos stay valid
+        **({} if settings.global_sink in (None, settings.model_preset.global_sink)
+           else {"global_sink": settings.global_sink}),
         "vae": settings.vae if settings.vae == "wan" else {"tiny": file_identity(settings.vae_weights_path())},
         "quant": settings.quant,
         "backend": settings.backend, "dtype": settings.dtype, "device": settings.torch_device.type,

@@ -79,13 +79,13 @@ class Runtime:
 
     def open_stream(self, text: torch.Tensor, seed: int, *, switches: Sequence = (), progress: bool = False):
         """A :class:`flex.switching.Stream` of one video: first prompt ``text`` (embeddings),
-        scheduled ``switches`` [(first latent frame, embeddings)], the settings' length, frame
-        size, noise mode and recache mode."""
+        scheduled ``switches`` [(first latent frame, embeddings[, mode])], the settings' length, frame
+        size, noise mode, recache mode and sink rule (None: the model preset's, set on the pipeline)."""
         s = self.settings
         latent_size = (s.height // 8, s.width // 8)
         prompts = dict(prompts=[(0, text)] + list(switches), text=None) if switches else dict(text=text)
         return self.pipe.stream(num_frames=s.latent_frames, latent_size=latent_size, recache=s.recache,
-                                progress=progress, **prompts, **self.noise_kwargs(seed))
+                                global_sink=s.global_sink, progress=progress, **prompts, **self.noise_kwargs(seed))
 
 
 def load_model(settings: GenerationSettings):

@@ -45,7 +45,9 @@ class GenerationSettings:
     noise            "ans" (per chunk, antiphase) or "upstream" (Self Forcing's own draws)
     schedules        per prompt, None or a prompt schedule ((seconds, text), ...) starting at 0 s
                      (flex.prompt_schedule); the prompt switches while that video streams
-    recache          what a switch does to the cached K/V (flex.pipeline.RECACHE_MODES)
+    recache          what a switch does to the cached K/V by default (flex.switching.SWITCH_MODES;
+                     None: the model's, "longlive" for LongLive, else "window")
+    global_sink      whether the sink survives re-encoding switches (None: the model's, True)
     backend, dtype, device, compile, cuda_graphs     runtime: flex.ops backend, "bf16" | "fp16" |
                      "fp32", "auto" | torch device, False | True | "frozen", bool
     overwrite        regenerate videos that are already finished with the same settings
@@ -78,7 +80,8 @@ class GenerationSettings:
     modulation: str = "fp32"
     noise: str = "ans"
     schedules: tuple | None = None
-    recache: str = "window"
+    recache: str | None = None
+    global_sink: bool | None = None
     vae: str = "wan"
     vae_weights: str | None = None
     quant: str = "none"
@@ -143,8 +146,10 @@ class GenerationSettings:
             object.__setattr__(self, "schedules", self._check_schedules())
         from ..switching import RECACHE_MODES
 
-        if self.recache not in RECACHE_MODES:
+        if self.recache is not None and self.recache not in RECACHE_MODES:
             raise SettingsError("recache", f"must be one of {RECACHE_MODES}, got {self.recache!r}")
+        if self.global_sink not in (None, True, False):
+            raise SettingsError("global_sink", f"must be True, False or None, got {self.global_sink!r}")
         if not isinstance(self.flex, FlexConfig):
             raise SettingsError("flex", f"must be a FlexConfig, got {type(self.flex).__name__}")
         if not Path(self.dit).exists():
@@ -182,12 +187,15 @@ class GenerationSettings:
         frames, how = latent_frames(self.frames, self.seconds, self.flex.chunk_frames)
         if self.schedules is not None:
             from ..prompt_schedule import ScheduleError, switch_frames
+            from ..switching import SwitchError, switch_starts
 
+            recache = self.recache or self.model_preset.recache
             for i, sched in enumerate(self.schedules):
                 if sched is not None:
                     try:
-                        switch_frames(sched, FPS, frames)
-                    except ScheduleError as err:
+                        switch_starts([f for f, *_ in switch_frames(sched, FPS, frames)[1:]],
+                                      self.flex.chunk_frames, recache, frames)
+                    except (ScheduleError, SwitchError) as err:
                         raise SettingsError("schedules", f"(prompt {i}): {err}") from None
         device = resolve_device(self.device)
         check_step_options(device, self.flex, self.compile, self.cuda_graphs)

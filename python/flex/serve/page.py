@@ -78,7 +78,7 @@ function onMessage(msg) {
       break;
     case "switched":
       setStatus(`streaming "${msg.prompt}"`);
-      logLine(`switched at frame ${msg.at_frame}: ${msg.prompt}`);
+      logLine(`switched (${msg.mode}) at frame ${msg.at_frame}: ${msg.prompt}`);
       break;
     case "stopped":
       setRunning(false, msg.frames > 0);
@@ -114,7 +114,7 @@ function connect() {
 }
 
 $("start").onclick = () => send({ type: "start", prompt: $("prompt").value, seed: Number($("seed").value) || 0 });
-$("switch").onclick = () => send({ type: "switch", prompt: $("prompt").value });
+$("switch").onclick = () => send({ type: "switch", prompt: $("prompt").value, ...($("mode").value ? { mode: $("mode").value } : {}) });
 $("stop").onclick = () => send({ type: "stop" });
 $("save").onclick = () => send({ type: "save" });
 connect();
@@ -160,6 +160,10 @@ PAGE = r"""<!doctype html>
   <div class="row">
     <button id="start" disabled>Start</button>
     <button id="switch" disabled>Switch prompt</button>
+    <select id="mode" title="what the switch does to the cache (window, all, none, longlive; flush: KV Flush, a fast action change; cut: RoPE Cut, a new shot)">
+      <option value="">default</option><option>window</option><option>all</option><option>none</option>
+      <option>longlive</option><option value="flush">flush (action)</option><option value="cut">cut (new shot)</option>
+    </select>
     <button id="stop" disabled>Stop</button>
     <button id="save" disabled>Save video</button>
     <label>seed <input id="seed" type="number" value="0" min="0"></label>

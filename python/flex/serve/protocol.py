@@ -3,7 +3,8 @@
 Page -> server, one JSON object per message:
 
     {"type": "start", "prompt": "...", "seed": 0}   start a stream (restarts a running one)
-    {"type": "switch", "prompt": "..."}             new prompt from the next chunk on
+    {"type": "switch", "prompt": "...", "mode": m}  new prompt from the next chunk on; mode
+                                                    (optional) one of flex.switching.SWITCH_MODES
     {"type": "stop"}                                stop after the current chunk
     {"type": "save"}                                save the stopped stream's video (mp4)
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..switching import SWITCH_MODES
+
 MAX_PROMPT_CHARS = 2000
 MAX_MESSAGE_BYTES = 16 * 1024  # larger messages are refused by the WebSocket layer itself
 MAX_SEED = 2**63 - 1
 MAX_ECHO_CHARS = 60  # a bad value is quoted back at most this long
-FIELDS = {"start": {"prompt", "seed"}, "switch": {"prompt"}, "stop": set(), "save": set()}
+FIELDS = {"start": {"prompt", "seed"}, "switch": {"prompt", "mode"}, "stop": set(), "save": set()}
 
 CLOSE_BUSY = 1013  # another connection owns the model ("try again later")
 CLOSE_TOO_LARGE = 1009  # a message over MAX_MESSAGE_BYTES (sent by the WebSocket layer)
@@ -42,6 +45,7 @@ class Command:
     type: str
     prompt: str | None = None
     seed: int = 0
+    mode: str | None = None  # a switch's mode (None: the server's --recache)
 
 
 def echo(value) -> str:
@@ -90,5 +94,8 @@ def parse_command(text: str) -> Command:
         seed = msg.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise RequestError(f"seed must be an integer in [0, {MAX_SEED}], got {echo(seed)}")
-        return Command(kind, prompt, seed)
+        mode = msg.get("mode")
+        if mode is not None and mode not in SWITCH_MODES:
+            raise RequestError(f"mode must be one of {SWITCH_MODES}, got {echo(mode)}")
+        return Command(kind, prompt, seed, mode)
     return Command(kind)

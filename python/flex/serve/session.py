@@ -205,12 +205,13 @@ class Session:
                 if self._superseded():
                     continue
                 try:
-                    stream.switch(self.engine.encode(command.prompt))
+                    stream.switch(self.engine.encode(command.prompt), command.mode)
                 except Exception as err:  # the stream goes on with its prompt
                     log.exception("switch failed")
                     self._post(failure("switch", err))
                     continue
-                self._post({"type": "switched", "prompt": command.prompt, "at_frame": frames})
+                self._post({"type": "switched", "prompt": command.prompt, "at_frame": frames,
+                            "mode": command.mode or stream.recache})
             elif command.type == "stop":
                 return "stopped", None
             elif command.type == "start":
