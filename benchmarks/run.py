@@ -85,7 +85,11 @@ def parse_args(argv=None):
                    help="end-to-end horizons in seconds of video (default: 5,30; with --full or on a GPU "
                         "5,30,60,240)")
     p.add_argument("--paths", type=_paths, default=None, metavar="P,P,...",
-                   help="end-to-end paths among upstream,off,on,fast (default: all four)")
+                   help="end-to-end paths among upstream,accelerate,off,on,fast (default: all)")
+    p.add_argument("--upstream-repo", default=None, metavar="PATH",
+                   help="a Self Forcing checkout: the e2e baseline is its own code, unmodified and with "
+                        "flex.integrations.accelerate (default: ../shared/upstream/self-forcing beside the "
+                        "repository when it exists; without one the upstream-style twin stands in)")
     p.add_argument("--no-options", action="store_true",
                    help="skip the table of compile / CUDA-graph options against eager")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="results folder")
@@ -177,7 +181,10 @@ def main(argv=None) -> dict:
                     report.write_all(results, out)
 
                 horizons = args.horizons or (None if full or args.quick else e2e_suite.DEFAULT_HORIZONS)
-                save_e2e(e2e_suite.run(device, dtype, args.quick, rounds, horizons=horizons,
+                from benchmarks.upstream_real import default_repo
+
+                repo = Path(args.upstream_repo).resolve() if args.upstream_repo else default_repo()
+                save_e2e(e2e_suite.run(device, dtype, args.quick, rounds, horizons=horizons, upstream_repo=repo,
                                        paths=args.paths or e2e_suite.PATH_KEYS,
                                        options=not args.no_options and (full or args.quick), on_progress=save_e2e,
                                        matmul_tflops=results["roofline"]["matmul_tflops"]))
