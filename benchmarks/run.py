@@ -70,8 +70,11 @@ def reproduce_command(argv: list[str]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=("ops", "e2e", "quant", "all"), default="all",
-                   help="what to measure (default: all)")
+    p.add_argument("--suite", choices=("ops", "e2e", "quant", "all", "accuracy"), default="all",
+                   help="what to measure (default: all; accuracy, never part of all: bf16 of Self Forcing's "
+                        "code and of it accelerated against float64 truth, one chunk at the 1.3B size)")
+    p.add_argument("--accuracy-latent", type=_latent, default=(60, 104), metavar="HxW",
+                   help="latent size of --suite accuracy (default 60x104, 480x832 video; smaller on a CPU)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
     p.add_argument("--full", action="store_true",
                    help="the long horizons (up to 240 s) and the table of compile / CUDA-graph options; "
@@ -110,6 +113,16 @@ def _horizons(text: str) -> tuple[int, ...]:
     return values
 
 
+def _latent(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--accuracy-latent must be HxW (e.g. 16x28), got {text!r}") from None
+    if h < 2 or w < 2 or h % 2 or w % 2:
+        raise argparse.ArgumentTypeError(f"--accuracy-latent must be even sizes >= 2, got {text!r}")
+    return h, w
+
+
 def _paths(text: str) -> tuple[str, ...]:
     from benchmarks.e2e_suite import PATH_KEYS
     values = tuple(v.strip() for v in text.split(",") if v.strip())
@@ -146,6 +159,16 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (3 if args.quick else 10)
     rounds = args.repeats or (2 if args.quick else 3)
     full = args.full or device.type == "cuda"
+    if args.suite == "accuracy":
+        from benchmarks import accuracy_suite
+        from benchmarks.upstream_real import default_repo
+
+        repo = Path(args.upstream_repo).resolve() if args.upstream_repo else default_repo()
+        if repo is None:
+            raise SystemExit("--suite accuracy needs Self Forcing's code: pass --upstream-repo PATH")
+        result = accuracy_suite.run(repo, device, args.accuracy_latent)
+        print(accuracy_suite.table(result))
+        return result
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
