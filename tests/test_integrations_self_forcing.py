@@ -113,3 +113,22 @@ def test_default_kernels_flex_on_match_flex_pipeline_on_the_same_kernels(pipelin
     got = upstream_latents(pipeline, FRAMES)
     restore(pipeline)
     assert max_diff(got, expected) < 1e-10
+
+
+def test_accelerated_model_traces_under_torch_compile(pipeline):
+    """Upstream's demo compiles the transformer in place (``transformer.compile(...)``): the
+    accelerated model traces (dynamo, eager backend here: the CPU test skips inductor's build
+    time) and computes the same latents; the pass placement runs outside the graph."""
+    config = ON[0].values[0]
+    accelerate(pipeline, config, EXACT)
+    eager = upstream_latents(pipeline, 3)
+    model = pipeline.generator.model
+    torch._dynamo.reset()
+    model.compile(backend="eager")
+    try:
+        compiled = upstream_latents(pipeline, 3)
+    finally:
+        model._compiled_call_impl = None
+        torch._dynamo.reset()
+        restore(pipeline)
+    assert torch.equal(compiled, eager)
