@@ -22,6 +22,7 @@ import weakref
 import torch
 
 from .. import ops
+from ..checks import check_int
 from ..config import FlexConfig
 from .attention import self_attention
 from .pipelines import patch_pipeline
@@ -78,6 +79,8 @@ def accelerate(obj, config: FlexConfig | None = None, backend="auto", *, num_fra
     keeps upstream's numerics with a W-frame cache. backend: the ops' backend (see flex.ops).
     num_frames: the video length in latent frames, for a bare model with a RoPE strategy whose
     scale depends on it (a pipeline takes it from each ``inference`` call).
+    Upstream's loop cuts the chunks (``config.chunk_frames`` is not used); a chunk must fit
+    ``config.window_frames`` (else the first pass raises the cache's ValueError).
     """
     if obj in _ACCELERATED:
         raise ValueError("obj is already accelerated: restore(obj) first")
@@ -92,8 +95,8 @@ def accelerate(obj, config: FlexConfig | None = None, backend="auto", *, num_fra
     ops.backend_per_op(backend)  # validates the name(s) now
     if config.ans_renoise:
         raise IntegrationError("ans_renoise", "ans_renoise must be False: upstream's loop draws its own re-noising")
-    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
-        raise ValueError(f"num_frames must be an int >= 1 or None, got {num_frames!r}")
+    if num_frames is not None:
+        check_int("num_frames", num_frames, 1)
     needs_length = config.strategy != "none" and not config.dynamic
     if pipeline is None and needs_length and num_frames is None:
         raise IntegrationError("strategy", f"num_frames must be given to accelerate a bare model with strategy "
