@@ -93,6 +93,7 @@ def parse_args(argv=None):
                    help="a Self Forcing checkout: the e2e baseline is its own code, unmodified and with "
                         "flex.integrations.accelerate (default: ../shared/upstream/self-forcing beside the "
                         "repository when it exists; without one the upstream-style twin stands in)")
+    p.add_argument("--no-decode", action="store_true", help="e2e without the decode measurements")
     p.add_argument("--no-options", action="store_true",
                    help="skip the table of compile / CUDA-graph options against eager")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="results folder")
@@ -208,6 +209,7 @@ def main(argv=None) -> dict:
 
                 repo = Path(args.upstream_repo).resolve() if args.upstream_repo else default_repo()
                 save_e2e(e2e_suite.run(device, dtype, args.quick, rounds, horizons=horizons, upstream_repo=repo,
+                                       decode=not args.no_decode,
                                        paths=args.paths or e2e_suite.PATH_KEYS,
                                        options=not args.no_options and (full or args.quick), on_progress=save_e2e,
                                        matmul_tflops=results["roofline"]["matmul_tflops"]))
