@@ -51,7 +51,11 @@ def run(repo, device: torch.device, latent=(60, 104), model: str = "wan2.1-t2v-1
     torch.manual_seed(seed)
     with torch.device(device):
         up = upstream_model(mods, cfg).to(torch.float64).eval()  # upstream's own init, seeded
-    text = torch.randn(1, 32, cfg.text_dim, generator=torch.Generator().manual_seed(seed + 1),
+    with torch.no_grad():  # Wan zero-initialises the head and every bias: the output would be 0
+        for p in up.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
+    text = torch.randn(1, min(32, cfg.text_len), cfg.text_dim, generator=torch.Generator().manual_seed(seed + 1),
                        dtype=torch.float64).to(device)
     noise = torch.randn(1, CHUNK, cfg.in_dim, *latent, generator=torch.Generator().manual_seed(seed + 2),
                         dtype=torch.float64).to(device)
