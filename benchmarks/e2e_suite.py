@@ -1,5 +1,8 @@
-"""End-to-end FPS of the causal Wan model, upstream-style path vs the FLEX path.
+"""End-to-end FPS of the causal Wan model: upstream's own code, upstream + accelerate, the FLEX path.
 
+The baseline is Self Forcing's real code (``upstream_repo``, benchmarks/upstream_real.py)
+whenever it is available, unmodified and accelerated in place by flex.integrations; only
+without it the upstream-style twin (benchmarks/upstream.py) stands in, and the notes say so.
 Every path runs the same DiT weights (random: speed does not depend on their values) through
 the Self Forcing schedule (chunk 3, 4 steps + the clean context pass) with sink 3 + window 9.
 What is timed, warm-up, synchronisation and the FPS conversion: benchmarks/fps_methodology.py.
@@ -20,9 +23,11 @@ from flex.models.wan import CausalWanModel, wan_config
 from flex.pipeline import Pipeline
 
 from . import fps_methodology
+from . import flashdreams_peer
 from .flops import stream_flops
 from .interleave import interleaved, ratio, spread_warning
 from .upstream import MAX_POSITIONS, UpstreamStyleWan
+from .upstream_real import RealUpstream
 
 SINK, WINDOW, CHUNK = 3, 9, 3
 
@@ -118,14 +123,14 @@ def option_variants(device: torch.device) -> dict[str, dict]:
 def warm_up(pipe: Pipeline, text, latent, device) -> float:
     """Seconds of a short stream that fills the ring: compiles / captures every pass variant."""
     frames = CHUNK * (-(-(SINK + WINDOW) // CHUNK) + 1)
-    return run_stream(pipe, text, frames, latent, device)
+    return run_path(pipe, text, frames, latent, device)
 
 
 def _error(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"[:400]
 
 
-PATH_KEYS = ("upstream", "off", "on", "fast")  # --paths names of the four paths, in order
+PATH_KEYS = ("upstream", "accelerate", "off", "on", "fast")  # --paths names of the paths, in order
 DEFAULT_HORIZONS = (5, 30)  # a CPU run's default (within 10 minutes); --full (and a GPU): 5, 30, 60, 240
 PASSES_PER_CHUNK = 5  # 4 denoising steps + the clean context pass
 
@@ -142,12 +147,37 @@ def _row_numbers(frames: int, times: list[float], flops: float, matmul_tflops: f
                 steady_video_fps=statistics.median(steady) if steady else None)
 
 
+def run_path(pipe, text, frames: int, latent, device, first_chunk: list | None = None) -> float:
+    """Seconds of one stream of a path: a FLEX Pipeline or upstream's real pipeline (whose loop
+    reports no first chunk)."""
+    if isinstance(pipe, RealUpstream):
+        return pipe.run(frames, device)
+    return run_stream(pipe, text, frames, latent, device, first_chunk)
+
+
+def upstream_paths(repo, model, text, latent, flex_on: FlexConfig, flex_off: FlexConfig, notes: list) -> dict:
+    """{"upstream": (label, path), "accelerate": ...}: the real code when ``repo`` imports, else the twin."""
+    if repo is not None:
+        try:
+            return {"upstream": ("Self Forcing's code, FLEX off", RealUpstream(repo, model, text, latent, SINK, WINDOW,
+                                                                               CHUNK)),
+                    "accelerate": ("Self Forcing's code + accelerate, FLEX on",
+                                   RealUpstream(repo, model, text, latent, SINK, WINDOW, CHUNK, flex_on))}
+        except Exception as err:  # noqa: BLE001 -- say why, and fall back to the twin
+            notes.append(f"the upstream code at {repo} could not be used ({_error(err)})")
+    notes.append("baseline: the upstream-style twin (benchmarks/upstream.py), NOT Self Forcing's own code "
+                 "(pass --upstream-repo PATH to a Self Forcing checkout); no accelerate row without it")
+    return {"upstream": ("upstream-style, FLEX off", Pipeline(UpstreamStyleWan.sharing_weights_of(model).eval(),
+                                                              flex_off))}
+
+
 def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, decode: bool = True,
         horizons: tuple[int, ...] | None = None, paths: tuple[str, ...] = PATH_KEYS,
-        options: bool = True, on_progress=None, matmul_tflops: float | None = None) -> dict:
+        options: bool = True, on_progress=None, matmul_tflops: float | None = None, upstream_repo=None) -> dict:
     """{"rows": the path x horizon matrix, "options": compile / CUDA-graph variants, "notes": ...}.
 
-    ``paths`` picks among upstream-style / FLEX off / FLEX on / FLEX on with the fastest options;
+    ``paths`` picks among upstream / upstream + accelerate / FLEX off / FLEX on / FLEX on with the
+    fastest options (upstream: Self Forcing's code at ``upstream_repo``, else the twin);
     at every horizon they run in turns, ``repeats`` rounds, and every ratio is the median over
     rounds with its min and max (benchmarks/interleave.py). ``options=False`` skips the
     per-option table; ``on_progress(partial result)`` is called after every horizon (to save
@@ -162,7 +192,6 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     torch.manual_seed(0)
     with torch.device(device):
         model = CausalWanModel(s["model"]).to(dtype).eval()
-    upstream = UpstreamStyleWan.sharing_weights_of(model).eval()
     text = torch.randn(1, s["model"].text_len, s["model"].text_dim, device=device, dtype=dtype)
     with torch.no_grad():
         text_cache = model.encode_text(text)  # excluded from timing
@@ -170,19 +199,23 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     flex_off = FlexConfig.off(window_frames=WINDOW, chunk_frames=CHUNK).replace(sink_frames=SINK)
     fast_label, fast = fastest_options(device)
     eager_on, fast_on = Pipeline(model, flex_on), Pipeline(model, flex_on, **fast)
+    notes = []
     every_path = {
-        "upstream": ("upstream-style, FLEX off", Pipeline(upstream, flex_off)),
+        **upstream_paths(upstream_repo if {"upstream", "accelerate"} & set(paths) else None, model, text,
+                         s["latent"], flex_on, flex_off, notes),
         "off": ("FLEX path, FLEX off", Pipeline(model, flex_off)),
         "on": ("FLEX path, FLEX on", eager_on),
         "fast": (f"FLEX path, FLEX on, {fast_label}", fast_on),
     }
-    paths = dict(every_path[k] for k in PATH_KEYS if k in paths)
+    paths = dict(every_path[k] for k in PATH_KEYS if k in paths and k in every_path)
     variants = {}
     if options:
         for label, opts in option_variants(device).items():
             variants[label] = eager_on if not opts else fast_on if opts == fast else Pipeline(model, flex_on, **opts)
     # Warm-up (kernel selection, allocator, compilation, graph capture) outside the timings.
     warm, failed = {}, {}
+    paths_base = every_path["upstream"][0] if every_path["upstream"][0] in paths else None  # the baseline column
+
     def prompt(name):  # upstream embeds the prompt inside every pass; the FLEX paths did it above
         return text if name.startswith("upstream") else text_cache
 
@@ -194,11 +227,11 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
         except Exception as err:  # noqa: BLE001 -- an option failing must not lose the other numbers
             failed[id(pipe)] = _error(err)
     rows, option_rows = [], []
-    notes = ["text encoding (T5) excluded; the FLEX paths compute the prompt's cross-attention K/V once before "
+    notes += ["text encoding (T5) excluded; the FLEX paths compute the prompt's cross-attention K/V once before "
              "timing, the upstream-style path embeds the prompt in every pass and computes them in its first "
              "pass, as upstream does",
              "warm-up (compilation, CUDA-graph capture) is excluded from FPS and reported as warmup_seconds",
-             "upstream-style path runs eagerly, as the upstream code ships",
+             "upstream's paths run eagerly, as the upstream code ships",
              f"paths run in turns, {repeats} round(s) per horizon; FPS from the median round, ratios as the median "
              f"of the per-round ratios (min-max in brackets)",
              "model TFLOP/s counts the DiT's matmuls (benchmarks/flops.py), of roofline = against the matmul "
@@ -212,7 +245,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
     def timed(name, pipe, frames, mem, first_chunk):
         def once():
             with PeakMemory(device) as m:
-                sec = run_stream(pipe, prompt(name), frames, s["latent"], device, first_chunk)
+                sec = run_path(pipe, prompt(name), frames, s["latent"], device, first_chunk)
             mem.append(m.mb)
             bar.update(frames)
             return sec
@@ -226,7 +259,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
                         model_tflop_per_stream=flops / 1e12)
         runs, mems, firsts = {}, {}, {}
         for name, pipe in paths.items():
-            if name.startswith("upstream") and frames > MAX_POSITIONS:
+            if name.startswith(("upstream", "Self Forcing")) and frames > MAX_POSITIONS:
                 continue  # upstream's 1024-position RoPE table cannot go there
             if id(pipe) in failed:
                 rows.append(dict(base_row, path=name, error=failed[id(pipe)]))
@@ -234,7 +267,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
             mems[name], firsts[name] = [], []
             runs[name] = timed(name, pipe, frames, mems[name], firsts[name])
         times = interleaved(runs, repeats)
-        base = next((t for n, t in times.items() if n.startswith("upstream") and isinstance(t, list)), None)
+        base = next((t for n, t in times.items() if n == paths_base and isinstance(t, list)), None)
         for name, t in times.items():
             if not isinstance(t, list):
                 rows.append(dict(base_row, path=name, error=_error(t)))
@@ -245,6 +278,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int, dec
                              speedup_vs_upstream=None if speed is None else speed["median"], speedup_stats=speed))
             if speed is not None and speed["wide"]:
                 notes.append(spread_warning(f"{name} vs upstream at {seconds} s", speed))
+        rows.append(flashdreams_peer.skipped_row(base_row))
         progress(dict(rows=rows, options=option_rows, notes=notes))
     bar.close()
 

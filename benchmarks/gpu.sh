@@ -14,7 +14,7 @@
 #           `flex selftest --device cuda --dtype bf16` (every op and backend against the float64
 #           reference at the model's shapes; a failure stops the lease before any speed run),
 #           the bf16 Triton and CUDA kernels against the reference, the 1.3B 480x832 end-to-end
-#           run at 30 s (upstream-style, FLEX on eager, FLEX on fastest), the op table, and
+#           run at 30 s (upstream: its real code when importable, + accelerate, FLEX on eager, FLEX on fastest), the op table, and
 #           FLEX on fastest at 240 s. RESULTS_DIR then holds one archive, flex-lease.tar.gz
 #           (every log and results folder), repacked after every part, and lease.log.
 # Logs and results go to RESULTS_DIR; results.json is rewritten after every measured step,
@@ -84,7 +84,7 @@ lease() {
     fi
     part kernels 75 python -m pytest -q -x tests/test_op_rope3d.py tests/test_op_norm_rope_cache_write.py \
         tests/test_op_ring_attention.py -k "cuda or triton or bf16" || true
-    part e2e-30s 200 python benchmarks/run.py --device cuda --suite e2e --horizons 30 --paths upstream,on,fast \
+    part e2e-30s 200 python benchmarks/run.py --device cuda --suite e2e --horizons 30 --paths upstream,accelerate,on,fast \
         --no-options --repeats 2 --out "$work/e2e-30s" || true
     part ops 60 python benchmarks/run.py --device cuda --suite ops --out "$work/ops" || true
     part e2e-240s 150 python benchmarks/run.py --device cuda --suite e2e --horizons 240 --paths fast --no-options \

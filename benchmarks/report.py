@@ -38,7 +38,7 @@ def ops_table(rows: list[dict]) -> list[list[str]]:
 
 
 def _ok(r: dict) -> bool:
-    return "error" not in r
+    return "error" not in r and "skipped" not in r
 
 
 def _ratio(r: dict, key: str, stats_key: str) -> str:
@@ -54,8 +54,9 @@ def e2e_table(rows: list[dict]) -> list[list[str]]:
               "of roofline", "peak mem", "vs upstream (min-max)"]]
     for r in rows:
         if not _ok(r):
+            why = "skipped: " + r["skipped"] if "skipped" in r else "failed: " + r["error"]
             table.append([f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"],
-                          "failed: " + r["error"], "", "", "", "", "", "", ""])
+                          why, "", "", "", "", "", "", ""])
             continue
         table.append([
             f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"], f"{r['latent_fps']:.2f}",

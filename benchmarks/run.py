@@ -71,9 +71,13 @@ def reproduce_command(argv: list[str]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=("ops", "e2e", "quant", "switch", "all"), default="all",
+    p.add_argument("--suite", choices=("ops", "e2e", "quant", "switch", "all", "accuracy"), default="all",
                    help="what to measure (default: all = ops, e2e, quant; switch: the latency of the first "
-                        "chunk after a prompt switch in each switch mode, benchmarks/switch_suite.py)")
+                        "chunk after a prompt switch in each switch mode, benchmarks/switch_suite.py; accuracy, "
+                        "never part of all: bf16 of Self Forcing's code and of it accelerated against float64 "
+                        "truth, one chunk at the 1.3B size)")
+    p.add_argument("--accuracy-latent", type=_latent, default=(60, 104), metavar="HxW",
+                   help="latent size of --suite accuracy (default 60x104, 480x832 video; smaller on a CPU)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run")
     p.add_argument("--full", action="store_true",
                    help="the long horizons (up to 240 s) and the table of compile / CUDA-graph options; "
@@ -87,7 +91,12 @@ def parse_args(argv=None):
                    help="end-to-end horizons in seconds of video (default: 5,30; with --full or on a GPU "
                         "5,30,60,240)")
     p.add_argument("--paths", type=_paths, default=None, metavar="P,P,...",
-                   help="end-to-end paths among upstream,off,on,fast (default: all four)")
+                   help="end-to-end paths among upstream,accelerate,off,on,fast (default: all)")
+    p.add_argument("--upstream-repo", default=None, metavar="PATH",
+                   help="a Self Forcing checkout: the e2e baseline is its own code, unmodified and with "
+                        "flex.integrations.accelerate (default: ../shared/upstream/self-forcing beside the "
+                        "repository when it exists; without one the upstream-style twin stands in)")
+    p.add_argument("--no-decode", action="store_true", help="e2e without the decode measurements")
     p.add_argument("--no-options", action="store_true",
                    help="skip the table of compile / CUDA-graph options against eager")
     p.add_argument("--profile", action="store_true",
@@ -109,6 +118,16 @@ def _horizons(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"--horizons must be positive whole seconds, got {text!r}")
     return values
+
+
+def _latent(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--accuracy-latent must be HxW (e.g. 16x28), got {text!r}") from None
+    if h < 2 or w < 2 or h % 2 or w % 2:
+        raise argparse.ArgumentTypeError(f"--accuracy-latent must be even sizes >= 2, got {text!r}")
+    return h, w
 
 
 def _paths(text: str) -> tuple[str, ...]:
@@ -161,6 +180,16 @@ def main(argv=None) -> dict:
     rounds = args.repeats or (2 if args.quick else 3)
     full = args.full or device.type == "cuda"
     os.environ.setdefault("FLEX_CANARY", "0")  # first-use canaries stay out of the timings (flex.canary)
+    if args.suite == "accuracy":
+        from benchmarks import accuracy_suite
+        from benchmarks.upstream_real import default_repo
+
+        repo = Path(args.upstream_repo).resolve() if args.upstream_repo else default_repo()
+        if repo is None:
+            raise SystemExit("--suite accuracy needs Self Forcing's code: pass --upstream-repo PATH")
+        result = accuracy_suite.run(repo, device, args.accuracy_latent)
+        print(accuracy_suite.table(result))
+        return result
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +229,11 @@ def main(argv=None) -> dict:
                     report.write_all(results, out)
 
                 horizons = args.horizons or (None if full or args.quick else e2e_suite.DEFAULT_HORIZONS)
-                save_e2e(e2e_suite.run(device, dtype, args.quick, rounds, horizons=horizons,
+                from benchmarks.upstream_real import default_repo
+
+                repo = Path(args.upstream_repo).resolve() if args.upstream_repo else default_repo()
+                save_e2e(e2e_suite.run(device, dtype, args.quick, rounds, horizons=horizons, upstream_repo=repo,
+                                       decode=not args.no_decode,
                                        paths=args.paths or e2e_suite.PATH_KEYS,
                                        options=not args.no_options and (full or args.quick), on_progress=save_e2e,
                                        matmul_tflops=results["roofline"]["matmul_tflops"]))

@@ -30,13 +30,24 @@ def antiphase_noise(
     if device is None:
         device = generator.device if generator is not None else "cpu"
     eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    return antiphase(eps, rho).to(dtype)
+
+
+def antiphase(eps: torch.Tensor, rho: float = -1.0) -> torch.Tensor:
+    """The ANS recursion on given i.i.d. N(0, I) frames ``eps`` [B, f, ...] (dim 1 is time):
+    z_0 = eps_0, z_u = rho z_{u-1} + sqrt(1 - rho^2) eps_u. Computed in float32 (float64 for
+    float64 input) and returned in eps's dtype; rho = 0 returns eps itself."""
+    rho = check_float("rho", rho, -1.0, 1.0)
+    if not isinstance(eps, torch.Tensor) or eps.dim() < 2 or not eps.is_floating_point():
+        raise ValueError(f"eps must be a floating tensor [B, f, ...], got {getattr(eps, 'shape', type(eps).__name__)}")
     if rho == 0.0:
-        return eps.to(dtype)
+        return eps
+    work = eps.to(torch.float64 if eps.dtype == torch.float64 else torch.float32)
     keep, fresh = rho, math.sqrt(1.0 - rho * rho)
-    frames = [eps[:, 0]]
-    for u in range(1, shape[1]):
-        frames.append(keep * frames[-1] + fresh * eps[:, u] if fresh else keep * frames[-1])
-    return torch.stack(frames, dim=1).to(dtype)
+    frames = [work[:, 0]]
+    for u in range(1, eps.shape[1]):
+        frames.append(keep * frames[-1] + fresh * work[:, u] if fresh else keep * frames[-1])
+    return torch.stack(frames, dim=1).to(eps.dtype)
 
 
 # ---------------------------------------------------------------- noise sources of a stream

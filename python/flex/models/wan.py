@@ -42,6 +42,19 @@ from .dense import dense_forward
 from .layers import Head, WanAttentionBlock, linear_in, sinusoidal_embedding
 
 
+def ring_self_attention(kernels: ops.PassKernels, positions: ChunkPositions, layer, slot_frame, q, k, v, norm_q,
+                        norm_k, eps: float, grid_h: int, grid_w: int, resident_tokens: int | None) -> torch.Tensor:
+    """One layer's cached self-attention of a chunk: qk-RMSNorm + 3D RoPE of the raw projections
+    q, k, v [B, T, H, D] with k, v written straight into their slots of ``layer`` (a RingKVCache),
+    then the chunk's queries over every resident slot. Shared by :meth:`CausalWanModel.chunk_pass`
+    and the integrations that run other code's models on these ops (flex.integrations)."""
+    pos = positions
+    q_rot = kernels.norm_rope_cache_write(q, k, v, norm_q, norm_k, eps, pos.freqs_t, pos.freqs_h, pos.freqs_w,
+                                          grid_h, grid_w, 0, layer.k, layer.v, pos.slots, not pos.rotate_on_load)
+    return kernels.ring_attention(q_rot, layer.k, layer.v, slot_frame, grid_h * grid_w, 0, 0, pos.scale,
+                                  pos.key_freqs_t, False, resident_tokens)
+
+
 class CausalWanModel(nn.Module):
     """Wan2.1 T2V DiT generating chunk by chunk over a ring KV cache (Self Forcing style)."""
 
@@ -304,7 +317,6 @@ class CausalWanModel(nn.Module):
         _, ph, pw = self.config.patch_size
         gh, gw = h // ph, w // pw
         pos = positions
-        rotate_k_temporal = not pos.rotate_on_load
         cache.table.record(pos.frames, pos.slots)
         slot_frame = cache.table.slot_frame
 
@@ -316,11 +328,8 @@ class CausalWanModel(nn.Module):
             if parallel is not None:  # sequence parallel: qk-normed, all tokens of this rank's heads
                 q, k, v = parallel.attention_inputs(attn, q, k, v, n, self.eps)
                 norm_q = norm_k = None
-            q_rot = kernels.norm_rope_cache_write(
-                q, k, v, norm_q, norm_k, self.eps, pos.freqs_t, pos.freqs_h,
-                pos.freqs_w, gh, gw, 0, layer.k, layer.v, pos.slots, rotate_k_temporal)
-            out = kernels.ring_attention(q_rot, layer.k, layer.v, slot_frame, gh * gw, 0, 0, pos.scale,
-                                         pos.key_freqs_t, False, resident_tokens)
+            out = ring_self_attention(kernels, pos, layer, slot_frame, q, k, v, norm_q, norm_k, self.eps, gh, gw,
+                                      resident_tokens)
             return out if parallel is None else parallel.heads_to_tokens(out, n)
 
         return self.forward_with_attention(x, timestep, text, attend, parallel)
@@ -330,4 +339,4 @@ class CausalWanModel(nn.Module):
         return dense_forward(self, x, timestep, text, mask, rope, query_pos=query_pos, key_pos=key_pos, scale=scale)
 
 
-__all__ = ["CausalWanModel"]
+__all__ = ["CausalWanModel", "ring_self_attention"]
