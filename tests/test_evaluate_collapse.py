@@ -72,7 +72,9 @@ def test_cli_phase_writes_json_for_every_strategy(tmp_path, capsys):
 
     assert main(["evaluate", "--phase", "--seconds", "30", "--out", str(tmp_path), "--no-plot"]) == 0
     data = json.loads((tmp_path / "phase.json").read_text())
-    assert sorted(data["policies"]) == sorted(STRATEGIES)
+    from flex.methods import METHODS
+
+    assert sorted(data["policies"]) == sorted(list(STRATEGIES) + [f"method:{m}" for m in METHODS if m != "flex"])
     assert "none: predicted collapse latent frames" in capsys.readouterr().out
 
 
@@ -152,3 +154,21 @@ def test_feature_distance_with_an_encoder():
     assert result["feature_distance"][20] == pytest.approx(1 - cos)
     assert result["feature_distance"][41] == pytest.approx(0.0, abs=1e-12)
     assert len(result["normalised_feature_distance"]) == 60 and "feature_events" in result
+
+
+def test_phase_covers_the_long_horizon_methods(tmp_path):
+    """``flex evaluate --phase`` reports every method of flex.methods beside the --rope strategies:
+    window positions keep the sink within the trained distances, and LoL's per-head jitter breaks
+    the phase alignment behind the collapses that plain RoPE shows."""
+    import json
+
+    from flex import cli
+
+    out = tmp_path / "phase"
+    code = cli.main(["evaluate", "--phase", "--rope", "none", "--method", "infinity-rope,lol-jitter",
+                     "--seconds", "240", "--out", str(out), "--no-plot"])
+    assert code == 0
+    policies = json.loads((out / "phase.json").read_text())["policies"]
+    assert set(policies) == {"none", "method:infinity-rope", "method:lol-jitter"}
+    assert policies["method:lol-jitter"]["config"]["method"] == "lol-jitter"
+    assert policies["none"]["predicted_collapse_frames"] and not policies["method:lol-jitter"]["predicted_collapse_frames"]

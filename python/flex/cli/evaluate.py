@@ -53,6 +53,9 @@ def add_parser(subparsers) -> None:
     phase.add_argument("--phase", action="store_true", help="write phase.json / phase.png for --rope strategies")
     phase.add_argument("--rope", type=_metric_list, default=None,
                        help=f"comma-separated strategies of flex.rope (default: all: {', '.join(STRATEGIES)})")
+    phase.add_argument("--method", type=_metric_list, default=None,
+                       help="comma-separated long-horizon methods of flex.methods (each with its paper settings; "
+                            "default: every registered one besides the --rope strategies)")
     phase.add_argument("--seconds", type=float, default=240.0, help="video length (default: %(default)s)")
     phase.add_argument("--preset", choices=("self-forcing", "longlive"), default="self-forcing",
                        help="sink, window and L_train of the model (default: %(default)s)")
@@ -114,14 +117,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_phase(args: argparse.Namespace) -> int:
-    """``flex evaluate --phase``: the phase concentration curve and predicted collapses per strategy."""
+    """``flex evaluate --phase``: the phase concentration curve and predicted collapses per --rope
+    strategy and per long-horizon method (named "method:<name>", with the model's sink and L_train)."""
     from ..config import FlexConfig
-    from ..rope import STRATEGIES
     from ..evaluate.phase import write_phase_reports
+    from ..methods import METHODS
+    from ..rope import STRATEGIES
 
     base = FlexConfig.longlive() if args.preset == "longlive" else FlexConfig()
+    methods = args.method if args.method is not None else [m for m in METHODS if m != "flex"]
     try:
         configs = {s: base.replace(strategy=s) for s in (args.rope or STRATEGIES)}
+        for m in methods:
+            configs[f"method:{m}"] = FlexConfig.for_method(m, l_train=base.l_train)
         reports = write_phase_reports(args.out, configs, args.seconds, plot=not args.no_plot)
     except ValueError as err:
         _log(f"error: {err}")

@@ -43,12 +43,12 @@ DEFAULT_THRESHOLD = 0.1
 class FlexPositions:
     """The phase inputs of a FlexConfig's positions policy for a video of ``total_frames``."""
 
-    def __init__(self, config, total_frames: int, head_dim: int = 128):
+    def __init__(self, config, total_frames: int, head_dim: int = 128, num_heads: int = 12):
         from ..positions import PositionPolicy
 
         self.config = config
         self.total_frames = check_int("total_frames", total_frames, 1)
-        self.policy = PositionPolicy(config, head_dim)
+        self.policy = PositionPolicy(config, head_dim, num_heads)  # a method's per-head thetas need the heads
 
     def phase_inputs(self, frame: int):
         cfg = self.config
@@ -114,13 +114,13 @@ def phase_report(policy, n_frames: int, first_frame: int, threshold: float = DEF
 
 
 def flex_phase_report(config, seconds: float, fps: float = 16.0, threshold: float = DEFAULT_THRESHOLD,
-                      head_dim: int = 128) -> PhaseReport:
+                      head_dim: int = 128, num_heads: int = 12) -> PhaseReport:
     """The phase report of a FlexConfig for a video of ``seconds`` (Wan: 4 pixel frames per latent)."""
     check_float("seconds", seconds, 0.0, low_open=True)
     check_float("fps", fps, 0.0, low_open=True)
     n = max(2, (round(seconds * fps) + 3) // 4)
     first = config.sink_frames + config.window_frames
-    return phase_report(FlexPositions(config, n, head_dim), n, first, threshold)
+    return phase_report(FlexPositions(config, n, head_dim, num_heads), n, first, threshold)
 
 
 def write_phase_reports(out, configs: dict, seconds: float, fps: float = 16.0,
