@@ -319,6 +319,8 @@ class CausalWanModel(nn.Module):
             q_rot = kernels.norm_rope_cache_write(
                 q, k, v, norm_q, norm_k, self.eps, pos.freqs_t, pos.freqs_h,
                 pos.freqs_w, gh, gw, 0, layer.k, layer.v, pos.slots, rotate_k_temporal)
+            if cache.observer is not None:  # a cache policy that scores keys by these queries
+                cache.observer(i, q_rot)
             out = kernels.ring_attention(q_rot, layer.k, layer.v, slot_frame, gh * gw, 0, 0, pos.scale,
                                          pos.key_freqs_t, False, resident_tokens)
             return out if parallel is None else parallel.heads_to_tokens(out, n)
