@@ -6,6 +6,8 @@ equal the EMA definition over every evicted frame. Participative Compression: th
 slots hold exactly the top-C candidate tokens by the attention mass of the recent queries,
 computed here densely in float64.
 """
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -215,3 +217,58 @@ def test_participative_compression_keeps_exactly_the_top_c_tokens():
         assert torch.equal(cache.layers[i].k[:, 2 * tpf:4 * tpf], k[:, top])
         assert torch.equal(cache.layers[i].v[:, 2 * tpf:4 * tpf], v[:, top])
         assert not torch.equal(k[:, 2 * tpf:4 * tpf], k[:, top])  # it did move tokens
+
+
+# ---------------------------------------------------------------- official code fixtures
+
+FIXTURE = Path(__file__).parent / "data" / "upstream_cache_methods.pt"
+
+
+def fixture_layer(case, cfg, policy):
+    """Rerun a recorded self-attention layer (no qk-norm) through flex's ops and the cache policy:
+    per chunk before_chunk, the recorded passes, after_chunk. Returns the outputs."""
+    from flex import ops
+    from flex.cache import ModelKVCache
+
+    w = case["weights"]
+    n, (gh, gw) = case["chunk"], case["grid"]
+    heads = 2
+    d = w["q.weight"].shape[0] // heads
+    cache = ModelKVCache(1, 1, heads, d, gh, gw, cfg.sink_frames, cfg.window_frames, torch.float64)
+    positions = PositionPolicy(cfg, d)
+    policy.start(cache, cfg.rotate_on_load)
+    steps = len(case["timesteps"])
+    outs = []
+    for c in range(case["x"].shape[0] // steps):
+        f0 = c * n
+        place = positions.for_chunk(f0, n, 10 ** 6)
+        rope, shift, scale = place
+        pos = chunk_positions(rope, cache.table, f0, n, gh, gw, position_shift=shift,
+                              rotate_on_load=cfg.rotate_on_load, scale=scale, dtype=torch.float64)
+        policy.before_chunk(cache, f0, n, place)
+        for s in range(steps):
+            x = case["x"][c * steps + s]
+            q, k, v = (torch.nn.functional.linear(x, w[f"{p}.weight"], w[f"{p}.bias"]).view(1, -1, heads, d)
+                       for p in "qkv")
+            layer = cache.layers[0]
+            cache.table.reserve(f0, n)
+            cache.table.record(pos.frames, pos.slots)
+            q_rot = ops.norm_rope_cache_write(q, k, v, None, None, 1e-6, pos.freqs_t, pos.freqs_h, pos.freqs_w,
+                                              gh, gw, 0, layer.k, layer.v, pos.slots, not pos.rotate_on_load,
+                                              backend="reference")
+            a = ops.ring_attention(q_rot, layer.k, layer.v, cache.slot_frame, gh * gw, scale=pos.scale,
+                                   key_freqs_t=pos.key_freqs_t, backend="reference")
+            outs.append(torch.nn.functional.linear(a.flatten(2), w["o.weight"], w["o.bias"]))
+        policy.after_chunk(cache, f0, n, place)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["pre-rotated", "rotate-on-load"])
+def test_rolling_sink_matches_the_official_code(dynamic):
+    from flex.methods.rolling_sink import RollingSink
+
+    case = torch.load(FIXTURE)["rolling_sink"]
+    cfg = FlexConfig(strategy="none", sink_frames=0, window_frames=case["cache_frames"], dynamic=dynamic)
+    out = fixture_layer(case, cfg, RollingSink(cfg, {"sink_blocks": case["cache_frames"] // case["chunk"] - 1}))
+    assert out.shape == case["out"].shape
+    assert (out - case["out"]).abs().max().item() < 1e-10

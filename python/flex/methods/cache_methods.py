@@ -63,46 +63,53 @@ _WINDOW = ("position_policy", "window")
 register(MethodSpec(
     name="deep-sink", changes=frozenset({"cache", "positions"}),
     summary="Deep Sink: a sink of ~half the cache (10 of 21 frames), re-aligned in time right before the window",
-    source="Deep Forcing, arXiv 2512.05081, Sec. 4.1 (no official code)",
+    source="Deep Forcing, arXiv 2512.05081, "Deep Sink" (no official code)",
     settings=(("sink_frames", 10), ("window_frames", 11), _WINDOW),
-    check=_no_dynamic("deep-sink")))
+    composes_with=frozenset({"flex"}), check=_no_dynamic("deep-sink")))
 
 register(MethodSpec(
     name="deep-forcing", changes=frozenset({"cache", "positions"}),
     summary="Deep Sink + Participative Compression: the top-C older tokens by the attention recent queries give them",
-    source="Deep Forcing, arXiv 2512.05081, Sec. 4.1-4.2 (no official code)",
+    source="Deep Forcing, arXiv 2512.05081, "Deep Sink", "Participative Compression" (no official code)",
     params=(int_param("compressed", 5, "frames of compressed history (C = compressed x tokens per frame), "
                                        "the last sink slots", 1),
             int_param("query_frames", 1, "most recent frames whose queries score the candidates", 1)),
     settings=(("sink_frames", 15), ("window_frames", 6), _WINDOW),
-    check=_check_deep_forcing, cache=_policy("deep_forcing", "ParticipativeCompression")))
+    composes_with=frozenset({"flex"}), check=_check_deep_forcing, cache=_policy("deep_forcing", "ParticipativeCompression")))
 
 register(MethodSpec(
     name="rolling-sink", changes=frozenset({"cache"}),
     summary="Rolling Sink: a 7-block FIFO, the older blocks refilled with the first blocks' K/V rolled at sliding indices",
-    source="Rolling Sink, arXiv 2602.07775, Sec. 4; github.com/Rolling-Sink/Rolling-Sink d7fc0d9",
+    source="Rolling Sink, arXiv 2602.07775, "Rolling Sink"; github.com/Rolling-Sink/Rolling-Sink d7fc0d9",
     params=(int_param("sink_blocks", 6, "blocks of rolled sink content (the rest of the cache is real)", 1),),
     settings=(("sink_frames", 0), ("window_frames", 21), ("position_policy", "absolute")),
-    check=_check_rolling_sink, cache=_policy("rolling_sink", "RollingSink")))
+    composes_with=frozenset({"flex"}), check=_check_rolling_sink, cache=_policy("rolling_sink", "RollingSink")))
 
 register(MethodSpec(
     name="memrope", changes=frozenset({"cache", "positions"}),
     summary="MemRoPE: long- and short-term EMA memory frames of every evicted key, RoPE by cache layout",
-    source="MemRoPE, arXiv 2603.12513, Sec. 3; github.com/YoungRaeKimm/MemRoPE b89bf5b",
+    source="MemRoPE, arXiv 2603.12513, "Memory Tokens", "Online RoPE Indexing"; github.com/YoungRaeKimm/MemRoPE b89bf5b",
     params=(float_param("alpha_long", 0.01, "EMA rate of the long-term memory", 0.0, 1.0),
             float_param("alpha_short", 0.1, "EMA rate of the short-term memory", 0.0, 1.0)),
     settings=(("sink_frames", 5), ("window_frames", 7), _WINDOW),
-    check=_check_memrope, cache=_policy("memrope", "MemRoPE")))
+    composes_with=frozenset({"flex"}), check=_check_memrope, cache=_policy("memrope", "MemRoPE")))
 
 
-def cache_policy(config):
-    """The cache policy of ``config.method`` (the plain ring when no part changes the cache)."""
+def cache_policy(config, fixed_buffers: bool = False):
+    """The cache policy of ``config.method`` (the plain ring when no part changes the cache).
+
+    ``fixed_buffers``: the stream runs the compiled / CUDA-graph pass, which cannot hand its
+    queries to a policy (Participative Compression scores keys by them): refused."""
     from .cache_policy import CachePolicy
     from .registry import method_parts
 
     for spec in method_parts(config.method):
         if spec.cache is not None:
-            return spec.cache(config, resolved(spec, config.method_params))
+            policy = spec.cache(config, resolved(spec, config.method_params))
+            if fixed_buffers and policy.observes_queries:
+                raise MethodError("compile", f"{spec.name} scores keys by the clean pass's queries, which the "
+                                             f"compiled / CUDA-graph pass does not hand out: use compile=False")
+            return policy
     return CachePolicy(config)
 
 

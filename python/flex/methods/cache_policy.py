@@ -29,6 +29,7 @@ class CachePolicy:
     """The default: the plain ring (sink + sliding window), nothing done between passes."""
 
     name = "ring"
+    observes_queries = False  # whether the clean pass hands its queries to the policy (cache.observer)
 
     def __init__(self, config, params: dict | None = None):
         self.config, self.params = config, dict(params or {})

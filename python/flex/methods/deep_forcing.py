@@ -2,13 +2,14 @@
 Compression. No official code was released (the project page cvlab-kaist.github.io/DeepForcing
 links none); this follows the paper.
 
-*Deep Sink* (Sec. 4.1): the sink is 40-60 % of the window (10-15 of Self Forcing's 21 frames)
+*Deep Sink* (paper section "Deep Sink"): the sink is 40-60 % of the window (10-15 of Self Forcing's 21 frames)
 and its temporal RoPE phase is re-aligned to the current timeline: the sink keys are shifted
 so that the last sink frame sits right before the oldest window frame. RoPE attention depends
 only on position differences, so that is the "window" position policy with a deep sink (sink
-frame f at f, window frames right after, queries at the end): no hook, a preset.
+frame f at f, window frames right after, queries at the end): no hook, the registry's
+"deep-sink" settings (sink_frames 10, window_frames 11, position_policy "window").
 
-*Participative Compression* (Sec. 4.2): when the cache is full, the candidate tokens (the
+*Participative Compression* (paper section "Participative Compression"): when the cache is full, the candidate tokens (the
 compressed history and the frames about to leave the window) are scored by the attention they
 receive from the queries of the most recent frames, summed over those queries and the heads;
 the top-C are kept, the rest evicted. Here the compressed history is ``compressed`` more sink
@@ -36,6 +37,7 @@ class ParticipativeCompression(CachePolicy):
     the last ``compressed`` sink slots (Deep Sink is the config: sink slots first, "window" positions)."""
 
     name = "deep-forcing"
+    observes_queries = True
 
     def __init__(self, config, params: dict):
         super().__init__(config, params)

@@ -2,7 +2,7 @@
 key and value into a long-term and a short-term exponential moving average, keys cached
 without RoPE and placed at attention time.
 
-Paper, Sec. 3 ("Memory Tokens", "Online RoPE Indexing"). Official code
+Paper, method sections "Memory Tokens" and "Online RoPE Indexing". Official code
 (github.com/YoungRaeKimm/MemRoPE, commit b89bf5b87ca8, wan/modules/causal_model.py,
 ``CausalWanSelfAttention.forward``, the ``compression_method == 'ema'`` branch, and
 configs/selfforcing/memrope_60s.yaml): a 12-frame cache laid out

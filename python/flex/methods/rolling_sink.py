@@ -1,7 +1,7 @@
 """Rolling Sink (Li, Liu, Lin, Chandraker, arXiv 2602.07775): a strictly bounded cache whose
 older blocks are re-filled with rolled sink content at sliding time indices.
 
-Paper, Sec. 4 ("Rolling Sink"): the cache holds K blocks, S of them sink; *Sliding Indices*:
+Paper, method section ("Rolling Sink"): the cache holds K blocks, S of them sink; *Sliding Indices*:
 the cached blocks carry the time indices of the most recent K blocks, so the cache always
 looks like a window seen within the training horizon; *Sliding Semantics*: the sink's content
 is rolled through the first blocks of the video, forward then backward, so the sink never
