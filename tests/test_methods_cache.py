@@ -224,6 +224,11 @@ def test_participative_compression_keeps_exactly_the_top_c_tokens():
 FIXTURE = Path(__file__).parent / "data" / "upstream_cache_methods.pt"
 
 
+def fixture_case(name):
+    data = torch.load(FIXTURE)
+    return {**data[name], "x": data["x"]}
+
+
 def fixture_layer(case, cfg, policy):
     """Rerun a recorded self-attention layer (no qk-norm) through flex's ops and the cache policy:
     per chunk before_chunk, the recorded passes, after_chunk. Returns the outputs."""
@@ -233,7 +238,7 @@ def fixture_layer(case, cfg, policy):
     w = case["weights"]
     n, (gh, gw) = case["chunk"], case["grid"]
     heads = 2
-    d = w["q.weight"].shape[0] // heads
+    d = w["q.weight"].shape[0] // heads  # head_dim 6: 1 temporal, 1 height, 1 width plane
     cache = ModelKVCache(1, 1, heads, d, gh, gw, cfg.sink_frames, cfg.window_frames, torch.float64)
     positions = PositionPolicy(cfg, d)
     policy.start(cache, cfg.rotate_on_load)
@@ -267,8 +272,19 @@ def fixture_layer(case, cfg, policy):
 def test_rolling_sink_matches_the_official_code(dynamic):
     from flex.methods.rolling_sink import RollingSink
 
-    case = torch.load(FIXTURE)["rolling_sink"]
+    case = fixture_case("rolling_sink")
     cfg = FlexConfig(strategy="none", sink_frames=0, window_frames=case["cache_frames"], dynamic=dynamic)
     out = fixture_layer(case, cfg, RollingSink(cfg, {"sink_blocks": case["cache_frames"] // case["chunk"] - 1}))
     assert out.shape == case["out"].shape
+    assert (out - case["out"]).abs().max().item() < 1e-10
+
+
+def test_memrope_matches_the_official_code():
+    from flex.methods.memrope import MemRoPE
+
+    case = fixture_case("memrope")
+    cfg = FlexConfig(strategy="none", sink_frames=case["sink"] + 2, window_frames=case["recent"] + case["chunk"],
+                     position_policy="window")
+    policy = MemRoPE(cfg, {"alpha_long": case["alpha_long"], "alpha_short": case["alpha_short"]})
+    out = fixture_layer(case, cfg, policy)
     assert (out - case["out"]).abs().max().item() < 1e-10
