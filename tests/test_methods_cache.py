@@ -125,9 +125,9 @@ def test_rolling_sink_indices_and_sink_content_after_n_chunks(dynamic):
 def test_rolling_source_sweeps_forward_then_backward():
     from flex.methods.rolling_sink import roll_source_frames
 
-    got = [roll_source_frames(b, 3, 18) for b in range(18, 54, 3)]
+    got = [list(roll_source_frames(b, 3, 18)) for b in range(18, 54, 3)]
     assert got[0] == [17, 16, 15] and got[5] == [2, 1, 0] and got[6] == [0, 1, 2] and got[11] == [15, 16, 17]
-    assert all(roll_source_frames(b, 3, 18) == rolling_source(b, 3, 18) for b in range(0, 200, 3))
+    assert all(list(roll_source_frames(b, 3, 18)) == rolling_source(b, 3, 18) for b in range(0, 200, 3))
 
 
 # ---------------------------------------------------------------- MemRoPE

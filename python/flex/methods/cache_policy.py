@@ -47,15 +47,19 @@ class CachePolicy:
         """Device ops after the clean pass of chunk [first_frame, +n_frames)."""
 
 
-def evicted_frames(first_frame: int, n_frames: int, sink_frames: int, window_frames: int) -> list[int]:
-    """Frames that chunk [first_frame, +n_frames) overwrites in the ring (host ints)."""
-    return [f - window_frames for f in range(first_frame, first_frame + n_frames)
-            if f >= sink_frames and f - window_frames >= sink_frames]
+def evicted_frames(first_frame: int, n_frames: int, sink_frames: int, window_frames: int) -> range:
+    """Frames that chunk [first_frame, +n_frames) overwrites in the ring (a host range)."""
+    return range(max(first_frame - window_frames, sink_frames), max(first_frame + n_frames - window_frames, sink_frames))
 
 
-def frame_slots_tensor(cache: ModelKVCache, frames) -> torch.Tensor:
-    """Ring slots of host frame indices, as an int64 device tensor."""
-    return cache.table.slots_of(torch.tensor(list(frames), dtype=torch.int64, device=cache.device))
+def frames_tensor(frames: range, device) -> torch.Tensor:
+    """A host range of frames as an int64 device tensor, made on the device (no host copy)."""
+    return torch.arange(frames.start, frames.stop, frames.step, dtype=torch.int64, device=device)
+
+
+def frame_slots_tensor(cache: ModelKVCache, frames: range) -> torch.Tensor:
+    """Ring slots of a range of frames, as an int64 device tensor."""
+    return cache.table.slots_of(frames_tensor(frames, cache.device))
 
 
 def slot_tokens(k: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
@@ -95,5 +99,5 @@ def temporal_planes(rope: Rope3D) -> int:
     return rope.thetas_t.numel()
 
 
-__all__ = ["CachePolicy", "evicted_frames", "frame_slots_tensor", "rotate_planes", "slot_tokens",
+__all__ = ["CachePolicy", "evicted_frames", "frame_slots_tensor", "frames_tensor", "rotate_planes", "slot_tokens",
            "spatial_table", "temporal_planes"]

@@ -58,7 +58,7 @@ class ParticipativeCompression(CachePolicy):
         nxt = evicted_frames(end, n_frames, cache.sink_frames, cache.window_frames)
         cache.observer = self._observe if nxt else None  # queries are needed only before an eviction
 
-    def scores(self, cache: ModelKVCache, layer: int, frames: torch.Tensor, candidates: list[int],
+    def scores(self, cache: ModelKVCache, layer: int, frames: torch.Tensor, slots: torch.Tensor,
                place: tuple) -> torch.Tensor:
         """[B, C_tokens] attention mass the recent queries give each token of the candidate frames."""
         rope, shift, scale = place
@@ -70,7 +70,6 @@ class ParticipativeCompression(CachePolicy):
         kv = cache.layers[layer]
         _, lse = ops.ring_attention(q, kv.k, kv.v, cache.slot_frame, tpf, scale=pos.scale,
                                     key_freqs_t=pos.key_freqs_t, return_lse=True)
-        slots = frame_slots_tensor(cache, candidates)
         k = slot_tokens(kv.k, tpf).index_select(1, slots).flatten(1, 2)
         k = rotate_planes(k, pos.key_freqs_t.index_select(0, slots).repeat_interleave(tpf, dim=0), 0)
         total = torch.zeros(k.shape[0], k.shape[1], dtype=torch.float64, device=k.device)
@@ -85,13 +84,14 @@ class ParticipativeCompression(CachePolicy):
         cache.observer = None
         end = first_frame + n_frames
         gone = evicted_frames(end, n_frames, cache.sink_frames, cache.window_frames)
-        candidates = list(range(self.sink, self.sink + self.compressed)) + gone
         frames = torch.arange(first_frame, end, device=cache.device)
         tpf, keep = cache.tokens_per_frame, self.compressed * cache.tokens_per_frame
-        slots = frame_slots_tensor(cache, candidates)
+        # candidates: the compressed slots (sink slots: slot = frame), then the frames about to leave
+        slots = torch.cat((frame_slots_tensor(cache, range(self.sink, self.sink + self.compressed)),
+                           frame_slots_tensor(cache, gone)))
         lo, hi = self.sink * tpf, (self.sink + self.compressed) * tpf
         for i, kv in enumerate(cache.layers):
-            top = self.scores(cache, i, frames, candidates, place).topk(keep, dim=1).indices.sort(dim=1).values
+            top = self.scores(cache, i, frames, slots, place).topk(keep, dim=1).indices.sort(dim=1).values
             for buf in (kv.k, kv.v):
                 cand = slot_tokens(buf, tpf).index_select(1, slots).flatten(1, 2)  # [B, T_c, H, D]
                 idx = top[:, :, None, None].expand(-1, -1, cand.shape[2], cand.shape[3])

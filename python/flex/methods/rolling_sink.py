@@ -29,18 +29,18 @@ import torch
 
 from ..cache import ModelKVCache
 from ..rope import cos_sin
-from .cache_policy import CachePolicy, frame_slots_tensor, rotate_planes, slot_tokens
+from .cache_policy import CachePolicy, frame_slots_tensor, frames_tensor, rotate_planes, slot_tokens
 
 
-def roll_source_frames(block_first_frame: int, n_frames: int, sweep_frames: int) -> list[int]:
+def roll_source_frames(block_first_frame: int, n_frames: int, sweep_frames: int) -> range:
     """The stored frames (in order) written into the block starting at ``block_first_frame``:
     forward through [0, sweep_frames) in steps of ``n_frames``, then backward, frame order
     reversed on the backward sweep (official code: ``reverse``, ``left``, ``right``)."""
     offset = block_first_frame % sweep_frames
     if (block_first_frame // sweep_frames) % 2 == 1:
         right = sweep_frames - offset
-        return list(range(right - 1, right - 1 - n_frames, -1))
-    return list(range(offset, offset + n_frames))
+        return range(right - 1, right - 1 - n_frames, -1)
+    return range(offset, offset + n_frames)
 
 
 class RollingSink(CachePolicy):
@@ -68,18 +68,18 @@ class RollingSink(CachePolicy):
             shape = (b, self.sweep_frames, tpf, h, d)
             self.store.append((layer.k.new_zeros(shape), layer.v.new_zeros(shape)))
 
-    def _temporal(self, rope, frames: list[int], device) -> torch.Tensor:
-        pos = torch.tensor(frames, dtype=torch.float64, device=device)
-        return cos_sin(pos, rope.thetas_t, torch.float64).repeat_interleave(self.tpf, dim=0)
+    def _temporal(self, rope, frames: range, device) -> torch.Tensor:
+        """Per-token temporal (cos, sin) of frames at their absolute positions."""
+        return cos_sin(frames_tensor(frames, device), rope.thetas_t, torch.float64).repeat_interleave(self.tpf, dim=0)
 
     def after_chunk(self, cache: ModelKVCache, first_frame: int, n_frames: int, place: tuple) -> None:
         rope, tpf = place[0], cache.tokens_per_frame
         chunk = first_frame // n_frames
-        kept = [f for f in range(first_frame, first_frame + n_frames) if f < self.sweep_frames]
+        kept = range(first_frame, min(first_frame + n_frames, self.sweep_frames))
         if kept:  # the first S blocks: remember their clean keys without the temporal rotation
             slots = frame_slots_tensor(cache, kept)
             table = None if self.rotate_on_load else self._temporal(rope, kept, cache.device)
-            idx = torch.tensor(kept, device=cache.device)
+            idx = frames_tensor(kept, cache.device)
             for layer, (sk, sv) in zip(cache.layers, self.store):
                 k = slot_tokens(layer.k, tpf).index_select(1, slots)
                 if table is not None:
@@ -89,8 +89,8 @@ class RollingSink(CachePolicy):
         if chunk < self.blocks:
             return
         block = (chunk - (self.blocks - self.sink_blocks)) * n_frames
-        targets = list(range(block, block + n_frames))
-        source = torch.tensor(roll_source_frames(block, n_frames, self.sweep_frames), device=cache.device)
+        targets = range(block, block + n_frames)
+        source = frames_tensor(roll_source_frames(block, n_frames, self.sweep_frames), cache.device)
         slots = frame_slots_tensor(cache, targets)
         table = None if self.rotate_on_load else self._temporal(rope, targets, cache.device)
         for layer, (sk, sv) in zip(cache.layers, self.store):
