@@ -38,7 +38,7 @@ from . import ops
 from .cache import TextCache
 from .config import FlexConfig
 from .models.wan import CausalWanModel
-from .positions import ChunkPositions, chunk_positions
+from .positions import ChunkPositions, PositionPolicy, chunk_positions
 from .rope import Rope3D, axis_planes
 
 
@@ -112,10 +112,14 @@ class ChunkStep:
         self.n_frames = config.chunk_frames
         self.first_frame = torch.zeros((), dtype=torch.int64, device=dev)
         self.position_shift = torch.zeros((), dtype=torch.int64, device=dev)
-        # The thetas as device buffers (refilled in place when S changes): a Rope3D of buffers.
-        self.thetas = Rope3D(*(torch.zeros(c, dtype=torch.float64, device=dev) for c in axis_planes(model.head_dim)))
+        # The thetas as device buffers (refilled in place when S changes): a Rope3D of buffers,
+        # the temporal one [H, C_t] when the method gives each head its own.
+        t_shape = PositionPolicy(config, model.head_dim, model.num_heads).rope_for_length(1).thetas_t.shape
+        self.thetas = Rope3D(*(torch.zeros(shape, dtype=torch.float64, device=dev)
+                               for shape in (t_shape, *axis_planes(model.head_dim)[1:])))
         self.text: TextCache | None = None
-        self.kernels = ops.plan(backend, dev, model.param_dtype, model.head_dim, config.rotate_on_load)
+        self.kernels = ops.plan(backend, dev, model.param_dtype, model.head_dim, config.rotate_on_load,
+                                head_tables=len(t_shape) == 2)
         self._rope: Rope3D | None = None
         self._resident, self._scale = 0, model.head_dim ** -0.5
         self._fn = self._pass

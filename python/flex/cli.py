@@ -29,13 +29,14 @@ from .pipeline import RECACHE_MODES
 from .quant import QUANT_MODES
 from .vae import VAES
 from .presets import MODEL_PRESETS, model_preset
+from .methods import METHODS, MethodError, method_settings
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 COMPILE_CHOICES = {"off": False, "on": True, "frozen": "frozen"}
 # FLEX flag dest -> FlexConfig field (the flag names follow the paper's vocabulary).
 FLEX_FIELDS = {"rope": "strategy", "alpha": "alpha", "beta": "beta", "l_train": "l_train", "rho": "rho",
                "sink_frames": "sink_frames", "window_frames": "window_frames", "chunk_frames": "chunk_frames",
-               "dynamic": "dynamic", "ans_renoise": "ans_renoise"}
+               "dynamic": "dynamic", "ans_renoise": "ans_renoise", "method": "method", "method_param": "method_params"}
 # The FLEX switches whose default changes with --no-flex: those FlexConfig.off() changes.
 NO_FLEX_FLAGS = ("rope", "rho", "sink_frames", "window_frames")
 
@@ -48,6 +49,13 @@ def _flag(name: str) -> str:
     """The command-line flag of a setting or FLEX field (``wan_dir`` -> ``--wan-dir``, ``strategy`` -> ``--rope``)."""
     dest = {v: k for k, v in FLEX_FIELDS.items()}.get(name, name)
     return "--" + dest.replace("_", "-")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def finite_float(text: str) -> float:
@@ -144,6 +152,11 @@ def _add_generate_args(p: argparse.ArgumentParser, defaults: bool = True) -> Non
                            "(keys are rotated when read)")
     flex.add_argument("--ans-renoise", action="store_true", default=d(False),
                       help="also use antiphase noise for the re-noising between denoising steps")
+    flex.add_argument("--method", default=d(fc.method), metavar="NAME",
+                      help="long-horizon method (flex.methods.METHODS; compose with '+'), run with its paper's "
+                           "settings for the flags not typed: " + ", ".join(METHODS))
+    flex.add_argument("--method-param", action="append", type=_key_value, default=d(None), metavar="KEY=VALUE",
+                      help="a parameter of --method (repeatable; others take the paper's defaults)")
     flex.add_argument("--no-flex", action="store_true", default=d(False),
                       help=f"upstream Self Forcing: --rope {off.strategy} --rho {off.rho:g} --sink-frames "
                            f"{off.sink_frames} --window-frames {off.window_frames} (flags given explicitly still apply)")
@@ -278,11 +291,15 @@ def flex_config(args, explicit: set[str]):
     preset = model_preset(args.model)
     base = preset.baseline_config() if args.no_flex else preset.flex_config()
     values = {field: getattr(base, field) for field in FLEX_FIELDS.values()}
-    values.update({field: getattr(args, dest) for dest, field in FLEX_FIELDS.items() if dest in explicit})
+    typed = {field: getattr(args, dest) for dest, field in FLEX_FIELDS.items() if dest in explicit}
     try:
+        if "method" in typed:  # the method's paper settings, under the flags typed
+            values.update(method_settings(typed["method"]), method_params=())
+        values.update(typed)
         return base.replace(**values) if isinstance(base, FlexConfig) else FlexConfig(**values)
     except ValueError as err:  # FlexConfig's messages start with the field name
-        field = str(err).split(" ", 1)[0]
+        field = getattr(err, "param", None) or str(err).split(" ", 1)[0]
+        field = "method_params" if isinstance(err, MethodError) and field not in values else field
         where = f" ({_flag(field)})" if field in FLEX_FIELDS.values() else ""
         raise CliError(f"invalid FLEX settings{where}: {err}") from err
 

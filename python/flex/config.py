@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .checks import check_bool, check_choice, check_float, check_int
+from .methods import check_method, method_settings
 from .rope import STRATEGIES, check_base, check_gate
 
 POSITION_POLICIES = ("absolute", "window")
@@ -25,6 +26,12 @@ class FlexConfig:
     chunk_frames     latent frames generated per chunk
     position_policy  "absolute" frame indices (upstream) or "window" relative positions
                      (sink first, window after; needs rotate-on-load)
+    rope_base        base of the RoPE thetas (10000 for Wan)
+    method           the long-horizon method (flex.methods.METHODS; several joined by "+"):
+                     "flex" (default) is these fields as they are
+    method_params    the method's parameters as (name, value) pairs (a dict is accepted);
+                     kept canonical (sorted, checked, typed); missing ones take the paper's
+                     defaults
     """
 
     strategy: str = "flex"
@@ -39,6 +46,8 @@ class FlexConfig:
     chunk_frames: int = 3
     position_policy: str = "absolute"
     rope_base: float = 10000.0
+    method: str = "flex"
+    method_params: tuple = ()
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
@@ -57,6 +66,7 @@ class FlexConfig:
             )
         check_choice("position_policy", self.position_policy, POSITION_POLICIES)
         check_base(self.rope_base, "rope_base")
+        object.__setattr__(self, "method_params", check_method(self))
 
     @property
     def rotate_on_load(self) -> bool:
@@ -74,5 +84,13 @@ class FlexConfig:
         """The paper's settings for LongLive (trained on 240 latent frames)."""
         return cls(alpha=1.0, beta=15.0, l_train=240, sink_frames=3, window_frames=9)
 
+    @classmethod
+    def for_method(cls, method: str, **changes) -> "FlexConfig":
+        """The settings the paper runs ``method`` with (its registered FlexConfig fields), then ``changes``."""
+        return cls(**{**method_settings(method), "method": method, **changes})
+
     def replace(self, **changes) -> "FlexConfig":
+        """A copy with ``changes``; a new ``method`` starts from no parameters unless some are given."""
+        if "method" in changes and "method_params" not in changes and changes["method"] != self.method:
+            changes["method_params"] = ()
         return replace(self, **changes)

@@ -46,6 +46,8 @@ class Call:
     block_causal    ring_attention with chunk_frames > 0 (a mask beyond empty slots)
     rotate_on_load  ring_attention with key_freqs_t (keys rotated while loading)
     resident_prefix ring_attention with resident_tokens: the filled slots are exactly a prefix
+    head_tables     a temporal RoPE table per head (freqs_t [N, H, C_t, 2], key_freqs_t
+                    [n_slots, H, C_t, 2]); only backends with ``HEAD_TABLES = True`` take them
     """
 
     op: str
@@ -55,13 +57,15 @@ class Call:
     rotate_on_load: bool = False
     resident_prefix: bool = False
     return_lse: bool = False
+    head_tables: bool = False
 
     @classmethod
     def of(cls, op: str, *, chunk_frames=0, key_freqs_t=None, resident_tokens=None, return_lse=False,
-           dtype=None, head_dim=None) -> "Call":
+           dtype=None, head_dim=None, head_tables=False) -> "Call":
         """The description of a call from its arguments (ring_attention's keyword names)."""
+        head_tables = bool(head_tables) or (key_freqs_t is not None and key_freqs_t.dim() == 4)
         return cls(op, dtype, head_dim, bool(chunk_frames), key_freqs_t is not None,
-                   resident_tokens is not None, bool(return_lse))
+                   resident_tokens is not None, bool(return_lse), head_tables)
 
 
 def backend_status(name: str) -> tuple[bool, str]:
@@ -95,6 +99,8 @@ def auto_order(device: torch.device) -> tuple[str, ...]:
 
 
 def _supports(mod, call: Call) -> bool:
+    if call.head_tables and not getattr(mod, "HEAD_TABLES", False):
+        return False
     return getattr(mod, "supports", lambda call: True)(call)
 
 
@@ -137,7 +143,9 @@ def select(call: Call, backend: str, device: torch.device):
     if device.type not in mod.DEVICES:
         raise ValueError(f"backend {backend!r} runs on {sorted(mod.DEVICES)}, got tensors on {device.type}")
     if not _supports(mod, call):
-        raise ValueError(f"backend {backend!r} does not support this {op} call: {mod.supports.__doc__}")
+        what = "per-head RoPE tables" if call.head_tables and not getattr(mod, "HEAD_TABLES", False) \
+            else mod.supports.__doc__
+        raise ValueError(f"backend {backend!r} does not support this {op} call: {what}")
     return mod
 
 
@@ -190,15 +198,16 @@ class PassKernels:
 
 
 def plan(backend, device, dtype: torch.dtype, head_dim: int, rotate_on_load: bool = False,
-         resident_prefix: bool = True) -> PassKernels:
+         resident_prefix: bool = True, head_tables: bool = False) -> PassKernels:
     """The kernels of a model pass: qk-norm + RoPE + cache write, then ring attention over
     the whole ring (no block-causal mask, no lse). ``resident_prefix``: whether the filled
     slots form a prefix (else only masked attention kernels qualify)."""
     names = backend_per_op(backend)
     device = torch.device(device)
-    nrc = select(Call("norm_rope_cache_write", dtype, head_dim), names["norm_rope_cache_write"], device)
-    ra = select(Call("ring_attention", dtype, head_dim, rotate_on_load=rotate_on_load,
-                     resident_prefix=resident_prefix), names["ring_attention"], device)
+    nrc = select(Call("norm_rope_cache_write", dtype, head_dim, head_tables=head_tables),
+                 names["norm_rope_cache_write"], device)
+    ra = select(Call("ring_attention", dtype, head_dim, rotate_on_load=rotate_on_load, resident_prefix=resident_prefix,
+                     head_tables=head_tables and rotate_on_load), names["ring_attention"], device)
     return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, getattr(ra, "SLICES_RESIDENT_PREFIX", False))
 
 
@@ -220,11 +229,13 @@ def _check_tensor(name, x, ndim, device=None, dtype=None, float_=True):
 
 def _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
     for name, f in (("freqs_t", freqs_t), ("freqs_h", freqs_h), ("freqs_w", freqs_w)):
-        _check_tensor(name, f, 3, device=x.device)
-        if f.shape[-1] != 2:
-            raise ValueError(f"{name} must be [N, C, 2] (cos, sin), got shape {tuple(f.shape)}")
+        per_head = name == "freqs_t" and isinstance(f, torch.Tensor) and f.dim() == 4
+        _check_tensor(name, f, 4 if per_head else 3, device=x.device)
+        if f.shape[-1] != 2 or (per_head and f.shape[1] != x.shape[2]):
+            raise ValueError(f"{name} must be [N, C, 2] (cos, sin){' or [N, H, C, 2]' if name == 'freqs_t' else ''}, "
+                             f"got shape {tuple(f.shape)}")
     d = x.shape[-1]
-    planes = freqs_t.shape[1] + freqs_h.shape[1] + freqs_w.shape[1]
+    planes = freqs_t.shape[-2] + freqs_h.shape[1] + freqs_w.shape[1]
     if 2 * planes != d:
         raise ValueError(f"freqs_t/h/w have {planes} planes in all but head dim {d} needs {d // 2}")
     for name, g in (("grid_h", grid_h), ("grid_w", grid_w)):
@@ -274,7 +285,7 @@ def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0, backend
     """
     _check_tensor("x", x, 4)
     _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
-    mod = select(Call("rope3d", x.dtype, x.shape[-1]), backend, x.device)
+    mod = select(Call("rope3d", x.dtype, x.shape[-1], head_tables=freqs_t.dim() == 4), backend, x.device)
     return mod.rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
 
 
@@ -314,7 +325,7 @@ def norm_rope_cache_write(
     if frame_slots.dtype not in (torch.int32, torch.int64) or frame_slots.numel() != t // tpf:
         raise ValueError(f"frame_slots must be int32/int64 with one slot per frame ({t // tpf}), got {frame_slots.dtype} {tuple(frame_slots.shape)}")
     _check_slots_in_range(frame_slots, k_cache.shape[1] // tpf)
-    mod = select(Call("norm_rope_cache_write", q.dtype, d), backend, q.device)
+    mod = select(Call("norm_rope_cache_write", q.dtype, d, head_tables=freqs_t.dim() == 4), backend, q.device)
     return mod.norm_rope_cache_write(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
         frame_offset, k_cache, v_cache, frame_slots, check_bool("rotate_k_temporal", rotate_k_temporal),
@@ -352,9 +363,12 @@ def ring_attention(
     check_int("chunk_frames", chunk_frames, 0, INT64_MAX)  # 0: no block-causal mask
     check_int("q_first_frame", q_first_frame, 0, INT64_MAX)
     if key_freqs_t is not None:
-        _check_tensor("key_freqs_t", key_freqs_t, 3, device=q.device)
-        if key_freqs_t.shape[0] != slot_frame.numel() or key_freqs_t.shape[2] != 2 or 2 * key_freqs_t.shape[1] > q.shape[-1]:
-            raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t, 2], got {tuple(key_freqs_t.shape)}")
+        per_head = isinstance(key_freqs_t, torch.Tensor) and key_freqs_t.dim() == 4
+        _check_tensor("key_freqs_t", key_freqs_t, 4 if per_head else 3, device=q.device)
+        if key_freqs_t.shape[0] != slot_frame.numel() or key_freqs_t.shape[-1] != 2 \
+                or 2 * key_freqs_t.shape[-2] > q.shape[-1] or (per_head and key_freqs_t.shape[1] != q.shape[2]):
+            raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t, 2] or [n_slots, H={q.shape[2]}, "
+                             f"C_t, 2], got {tuple(key_freqs_t.shape)}")
     if resident_tokens is not None:
         _check_resident_prefix(resident_tokens, slot_frame, tokens_per_frame)
     scale = q.shape[-1] ** -0.5 if scale is None else check_float("scale", scale)

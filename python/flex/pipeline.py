@@ -125,7 +125,7 @@ class Pipeline:
         self.timesteps, self.sigmas = self.schedule.timesteps_and_sigmas(denoising_steps, warp_denoising_step)
         self.context_noise = float(context_noise)
         self.cache: ModelKVCache | None = None  # the ring cache of the latest stream
-        self.positions = PositionPolicy(config, model.head_dim)
+        self.positions = PositionPolicy(config, model.head_dim, model.num_heads)
         self._live_stream: object | None = None  # the running stream of the fixed-buffer pass
 
     # ------------------------------------------------------------ positions

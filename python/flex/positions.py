@@ -23,7 +23,8 @@ import torch
 
 from .cache import SlotTable, chunk_frames_tensor
 from .config import FlexConfig
-from .rope import Rope3D, cos_sin, logit_scale
+from .methods import build_positions
+from .rope import Rope3D, cos_sin
 
 
 @dataclass
@@ -33,7 +34,8 @@ class ChunkPositions:
     frames / slots [n] int64: each chunk frame's index and ring slot; freqs_t [n, C_t, 2]
     rotates the chunk's queries (and its keys unless keys are rotated on load); freqs_h /
     freqs_w the rows and columns; key_freqs_t [n_slots, C_t, 2] (or None) is the temporal
-    rotation of each slot's keys applied at read time.
+    rotation of each slot's keys applied at read time. With per-head thetas the temporal
+    tables have a head dimension: [n, H, C_t, 2] and [n_slots, H, C_t, 2].
     """
 
     frames: torch.Tensor
@@ -103,7 +105,7 @@ def frame_positions(
     device = table.device
     slots = table.slots_of(frames)
     if scale is None:
-        head_dim = 2 * (rope.thetas_t.numel() + rope.thetas_h.numel() + rope.thetas_w.numel())
+        head_dim = 2 * (rope.thetas_t.shape[-1] + rope.thetas_h.numel() + rope.thetas_w.numel())
         scale = head_dim ** -0.5
     key_ft = None
     if rotate_on_load:
@@ -121,42 +123,30 @@ def frame_positions(
 
 
 class PositionPolicy:
-    """The RoPE thetas, position shift and softmax scale of each chunk of a stream.
+    """The RoPE thetas, position shift and softmax scale of each chunk of a stream: the positions
+    policy of the config's method (see :mod:`flex.methods.positions`; "flex" is the config's own
+    fields: absolute or window positions, static or dynamic S)."""
 
-    With "absolute" positions the RoPE length L is the frame count (the requested total when
-    static, the current end frame when dynamic); with "window" positions it is the span of
-    positions actually used, min(frames, sink + window), and positions slide with the window.
-    """
-
-    def __init__(self, config: FlexConfig, head_dim: int):
+    def __init__(self, config: FlexConfig, head_dim: int, num_heads: int | None = None):
         self.config = config
         self.head_dim = head_dim
-        self._rope: tuple[int, Rope3D] | None = None
+        self.policy = build_positions(config, head_dim, num_heads)
+
+    @property
+    def rotate_on_load(self) -> bool:
+        return self.policy.rotate_on_load
 
     def length_and_shift(self, first_frame: int, n_frames: int, total_frames: int) -> tuple[int, int]:
         """(length L that sets the RoPE scale S, position shift) of chunk [first_frame, +n_frames)."""
-        cfg = self.config
-        end = first_frame + n_frames
-        cap = cfg.sink_frames + cfg.window_frames
-        windowed = cfg.position_policy == "window"
-        span = (lambda f: min(f, cap)) if windowed else (lambda f: f)
-        length = span(end) if cfg.dynamic else span(total_frames)
-        return length, (max(0, end - cap) if windowed else 0)
+        return self.policy.length_and_shift(first_frame, n_frames, total_frames)
 
     def rope_for_length(self, length: int) -> Rope3D:
         """The thetas for RoPE length L (kept while L does not change)."""
-        if self._rope is None or self._rope[0] != length:
-            cfg = self.config
-            self._rope = (length, Rope3D.for_wan(self.head_dim, cfg.strategy, length, cfg.l_train,
-                                                 cfg.alpha, cfg.beta, cfg.rope_base))
-        return self._rope[1]
+        return self.policy.rope_for_length(length)
 
     def for_chunk(self, first_frame: int, n_frames: int, total_frames: int) -> tuple[Rope3D, int, float]:
         """(RoPE thetas, position shift, softmax scale) of chunk [first_frame, +n_frames)."""
-        cfg = self.config
-        length, shift = self.length_and_shift(first_frame, n_frames, total_frames)
-        scale = self.head_dim ** -0.5 * logit_scale(cfg.strategy, length, cfg.l_train)
-        return self.rope_for_length(length), shift, scale
+        return self.policy.for_chunk(first_frame, n_frames, total_frames)
 
 
 __all__ = ["ChunkPositions", "PositionPolicy", "chunk_positions", "frame_positions"]

@@ -24,19 +24,26 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def rope_cos_sin(n_tokens, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0, rotate_temporal=True):
-    """Per-token (cos, sin), each [T, D/2] float64, for a chunk in (f, h, w) order."""
+    """Per-token (cos, sin), each [T, Hh, D/2] float64, for a chunk in (f, h, w) order.
+
+    ``freqs_t`` is [N, C_t, 2] (every head alike: Hh = 1) or [N, H, C_t, 2] (a temporal table
+    per head: Hh = H).
+    """
     f, h, w = _token_grid(n_tokens, grid_h, grid_w, freqs_t.device)
     ft = freqs_t.to(torch.float64)[f + frame_offset]
+    ft = ft[:, None] if ft.dim() == 3 else ft  # [T, Hh, C_t, 2]
     if not rotate_temporal:
         ft = torch.stack((torch.ones_like(ft[..., 0]), torch.zeros_like(ft[..., 1])), dim=-1)
-    table = torch.cat((ft, freqs_h.to(torch.float64)[h], freqs_w.to(torch.float64)[w]), dim=1)
+    heads = ft.shape[1]
+    spatial = torch.cat((freqs_h.to(torch.float64)[h], freqs_w.to(torch.float64)[w]), dim=1)
+    table = torch.cat((ft, spatial[:, None].expand(-1, heads, -1, -1)), dim=2)
     return table[..., 0], table[..., 1]
 
 
 def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0, rotate_temporal=True):
     """Wan 3D RoPE of x [B, T, H, D] (tokens in (f, h, w) order), float64 math."""
     cos, sin = rope_cos_sin(x.shape[1], freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset, rotate_temporal)
-    out = _rotate(x.to(torch.float64), cos[None, :, None, :], sin[None, :, None, :])
+    out = _rotate(x.to(torch.float64), cos[None], sin[None])
     return out.to(x.dtype)
 
 
@@ -91,11 +98,13 @@ def visible_keys(slot_frame, tokens_per_frame, n_queries, q_first_frame, chunk_f
 
 
 def rotate_keys_on_load(k_cache, key_freqs_t, tokens_per_frame):
-    """Apply the temporal rotation of each slot (key_freqs_t [n_slots, C_t, 2]) to cached keys."""
+    """Apply the temporal rotation of each slot (key_freqs_t [n_slots, C_t, 2], or
+    [n_slots, H, C_t, 2] with a table per head) to cached keys."""
     k64 = k_cache.to(torch.float64)
-    ct = key_freqs_t.shape[1]
-    ft = key_freqs_t.to(torch.float64).repeat_interleave(tokens_per_frame, dim=0)  # [Tk, C_t, 2]
-    cos, sin = ft[..., 0][None, :, None, :], ft[..., 1][None, :, None, :]
+    ft = key_freqs_t.to(torch.float64).repeat_interleave(tokens_per_frame, dim=0)
+    ft = ft[:, None] if ft.dim() == 3 else ft  # [Tk, Hh, C_t, 2]
+    ct = ft.shape[2]
+    cos, sin = ft[..., 0][None], ft[..., 1][None]
     out = k64.clone()
     out[..., : 2 * ct] = _rotate(k64[..., : 2 * ct], cos, sin)
     return out

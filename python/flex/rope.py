@@ -122,14 +122,17 @@ def logit_scale(strategy: str, length: int, l_train: int) -> float:
 
 
 def cos_sin(positions: torch.Tensor, thetas: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """[N, C, 2] table of (cos, sin) of positions * thetas, computed in float64."""
-    angles = positions.to(torch.float64)[:, None] * thetas.to(positions.device, torch.float64)[None, :]
+    """[N, C, 2] table of (cos, sin) of positions * thetas, computed in float64; thetas [H, C]
+    (a row per head) give [N, H, C, 2]."""
+    thetas = thetas.to(positions.device, torch.float64)
+    angles = positions.to(torch.float64).reshape(-1, *(1,) * thetas.dim()) * thetas[None]
     return torch.stack((angles.cos(), angles.sin()), dim=-1).to(dtype)
 
 
 @dataclass
 class Rope3D:
-    """The three per-axis theta vectors of one model (temporal possibly FLEX-modulated)."""
+    """The three per-axis theta vectors of one model (temporal possibly FLEX-modulated, and
+    possibly one row per head: thetas_t [H, C_t])."""
 
     thetas_t: torch.Tensor
     thetas_h: torch.Tensor

@@ -2,6 +2,7 @@
 from flex import reference
 
 DEVICES = {"cpu", "cuda"}
+HEAD_TABLES = True  # takes a temporal RoPE table per head
 
 
 def available():

@@ -222,7 +222,7 @@ class CausalWanModel(nn.Module):
         """Plan the pass's kernels for the cache's current state, then run it."""
         resident = cache.table.resident_prefix_tokens()
         kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
-                           resident_prefix=resident is not None)
+                           resident_prefix=resident is not None, head_tables=positions.freqs_t.dim() == 4)
         return self.chunk_pass(x, timestep, text, cache, positions, resident, kernels, parallel)
 
     def forward(
