@@ -288,3 +288,72 @@ def test_memrope_matches_the_official_code():
     policy = MemRoPE(cfg, {"alpha_long": case["alpha_long"], "alpha_short": case["alpha_short"]})
     out = fixture_layer(case, cfg, policy)
     assert (out - case["out"]).abs().max().item() < 1e-10
+
+
+# ---------------------------------------------------------------- through the pipeline
+
+PIPE_CONFIGS = {  # each method at a small scale (a few chunks fill and wrap its cache)
+    "rolling-sink": dict(window_frames=12, method_params={"sink_blocks": 3}),
+    "memrope": dict(),
+    "deep-sink": dict(sink_frames=4, window_frames=6),
+    "flex+deep-sink": dict(sink_frames=4, window_frames=6),
+}
+
+
+def pipe_generate(pipe, frames, seed=3):
+    text = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(1))
+    return pipe.generate(text, frames, HW, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("method", list(PIPE_CONFIGS))
+def test_cache_methods_run_in_the_pipeline_and_the_compiled_pass_matches_eager(method):
+    from test_chunk_step import BACKEND, CountingBackend
+
+    from flex.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = CausalWanModel("tiny").eval()
+    cfg = FlexConfig.for_method(method, l_train=5, **PIPE_CONFIGS[method])
+    plain = cfg.replace(method="flex")  # the same slot table and positions, no cache policy
+    with torch.no_grad():
+        ref = pipe_generate(Pipeline(model, cfg, backend=BACKEND), 36)
+        without = pipe_generate(Pipeline(model, plain, backend=BACKEND), 36)
+        counter = CountingBackend()
+        out = pipe_generate(Pipeline(model, cfg, backend=BACKEND, compile=counter), 36)
+    assert torch.equal(out, ref)  # the policy acts between passes, outside the traced pass
+    assert counter.graphs == 1
+    if method in ("rolling-sink", "memrope"):
+        assert not torch.equal(ref, without)  # the policy changed what the cache held
+
+
+def test_deep_forcing_runs_eagerly_and_is_refused_with_compile():
+    from flex.methods import MethodError
+    from flex.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    model = CausalWanModel("tiny").eval()
+    cfg = FlexConfig.for_method("deep-forcing", sink_frames=4, window_frames=6, method_params={"compressed": 2})
+    with torch.no_grad():
+        out = pipe_generate(Pipeline(model, cfg), 24)
+        plain = pipe_generate(Pipeline(model, cfg.replace(method="flex")), 24)
+    assert torch.isfinite(out).all() and not torch.equal(out, plain)
+    with pytest.raises(MethodError) as err, torch.no_grad():
+        pipe_generate(Pipeline(model, cfg, compile="eager"), 24)
+    assert err.value.param == "compile"
+
+
+def test_meaningless_settings_are_refused_before_any_model_loads():
+    from flex.methods import MethodError
+
+    cases = [(dict(method="rolling-sink"), "sink_frames"),  # sink 3 of the defaults
+             (dict(method="rolling-sink", sink_frames=0, window_frames=20), "window_frames"),
+             (dict(method="memrope", sink_frames=5, window_frames=7), "position_policy"),
+             (dict(method="deep-sink", sink_frames=10, window_frames=11, position_policy="window", dynamic=True),
+              "dynamic"),
+             (dict(method="deep-forcing", sink_frames=4, window_frames=6, position_policy="window",
+                   method_params={"compressed": 4}), "compressed"),
+             (dict(method="memrope+lol-jitter"), "method")]
+    for kwargs, param in cases:
+        with pytest.raises(MethodError) as err:
+            FlexConfig(**kwargs)
+        assert err.value.param == param, kwargs

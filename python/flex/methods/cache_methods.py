@@ -39,9 +39,12 @@ def _check_deep_forcing(config, params):
 
 
 def _check_rolling_sink(config, params):
-    if config.position_policy != "absolute" or config.sink_frames:
-        raise MethodError("position_policy", "rolling-sink slides absolute time indices over a plain FIFO: it "
-                                             "needs position_policy='absolute' and sink_frames=0")
+    if config.position_policy != "absolute":
+        raise MethodError("position_policy", "rolling-sink slides absolute time indices: it needs "
+                                             "position_policy='absolute'")
+    if config.sink_frames:
+        raise MethodError("sink_frames", f"rolling-sink's sink is its rolled blocks, over a plain FIFO: it needs "
+                                         f"sink_frames=0, got {config.sink_frames}")
     blocks, rest = divmod(config.window_frames, config.chunk_frames)
     if rest:
         raise MethodError("window_frames", f"rolling-sink caches whole blocks: window_frames "
@@ -63,14 +66,14 @@ _WINDOW = ("position_policy", "window")
 register(MethodSpec(
     name="deep-sink", changes=frozenset({"cache", "positions"}),
     summary="Deep Sink: a sink of ~half the cache (10 of 21 frames), re-aligned in time right before the window",
-    source="Deep Forcing, arXiv 2512.05081, "Deep Sink" (no official code)",
+    source='Deep Forcing, arXiv 2512.05081, "Deep Sink" (no official code)',
     settings=(("sink_frames", 10), ("window_frames", 11), _WINDOW),
     composes_with=frozenset({"flex"}), check=_no_dynamic("deep-sink")))
 
 register(MethodSpec(
     name="deep-forcing", changes=frozenset({"cache", "positions"}),
     summary="Deep Sink + Participative Compression: the top-C older tokens by the attention recent queries give them",
-    source="Deep Forcing, arXiv 2512.05081, "Deep Sink", "Participative Compression" (no official code)",
+    source='Deep Forcing, arXiv 2512.05081, "Deep Sink", "Participative Compression" (no official code)',
     params=(int_param("compressed", 5, "frames of compressed history (C = compressed x tokens per frame), "
                                        "the last sink slots", 1),
             int_param("query_frames", 1, "most recent frames whose queries score the candidates", 1)),
@@ -80,7 +83,7 @@ register(MethodSpec(
 register(MethodSpec(
     name="rolling-sink", changes=frozenset({"cache"}),
     summary="Rolling Sink: a 7-block FIFO, the older blocks refilled with the first blocks' K/V rolled at sliding indices",
-    source="Rolling Sink, arXiv 2602.07775, "Rolling Sink"; github.com/Rolling-Sink/Rolling-Sink d7fc0d9",
+    source='Rolling Sink, arXiv 2602.07775, "Rolling Sink"; github.com/Rolling-Sink/Rolling-Sink d7fc0d9',
     params=(int_param("sink_blocks", 6, "blocks of rolled sink content (the rest of the cache is real)", 1),),
     settings=(("sink_frames", 0), ("window_frames", 21), ("position_policy", "absolute")),
     composes_with=frozenset({"flex"}), check=_check_rolling_sink, cache=_policy("rolling_sink", "RollingSink")))
@@ -88,7 +91,7 @@ register(MethodSpec(
 register(MethodSpec(
     name="memrope", changes=frozenset({"cache", "positions"}),
     summary="MemRoPE: long- and short-term EMA memory frames of every evicted key, RoPE by cache layout",
-    source="MemRoPE, arXiv 2603.12513, "Memory Tokens", "Online RoPE Indexing"; github.com/YoungRaeKimm/MemRoPE b89bf5b",
+    source='MemRoPE, arXiv 2603.12513, "Memory Tokens", "Online RoPE Indexing"; github.com/YoungRaeKimm/MemRoPE b89bf5b',
     params=(float_param("alpha_long", 0.01, "EMA rate of the long-term memory", 0.0, 1.0),
             float_param("alpha_short", 0.1, "EMA rate of the short-term memory", 0.0, 1.0)),
     settings=(("sink_frames", 5), ("window_frames", 7), _WINDOW),
