@@ -5,9 +5,12 @@
 Every method of the registry (flex.methods.METHODS) runs the same random DiT weights through
 the Self Forcing schedule (chunk 3, 4 steps + the clean pass) with the settings its paper uses
 (FlexConfig.for_method), eager, on the default backends; FLEX (the default FlexConfig) runs in
-the same rounds. Printed: seconds per stream (median) and time / FLEX per round as median
+the same rounds, and so does each method's "ring" twin: the same FlexConfig with method "flex"
+(its slot table and positions without its policy), which isolates what the policy itself costs.
+Printed: seconds per stream (median), time / FLEX and time / twin per round as median
 (min-max) -- above 1 the method costs more. On a CPU the model is reduced (head dim 128 like
-Wan, 2 layers, a 16 x 28 latent); on a GPU it is Wan2.1-T2V-1.3B at 480 x 832.
+Wan, one head, 2 layers, an 8 x 14 latent) so that 60 s streams fit in minutes; on a GPU it is
+Wan2.1-T2V-1.3B at 480 x 832.
 """
 from __future__ import annotations
 
@@ -29,14 +32,19 @@ def setup(device: torch.device) -> dict:
     if device.type == "cuda":
         return dict(model=wan_config("wan2.1-t2v-1.3b"), latent=(60, 104), dtype=torch.bfloat16)
     return dict(model=wan_config("tiny", dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_len=64,
-                                 text_dim=256, freq_dim=256), latent=(16, 28), dtype=torch.float32)
+                                 text_dim=256, freq_dim=256), latent=(8, 14), dtype=torch.float32)
+
+
+TWIN = " (ring)"
 
 
 def method_configs(names=None) -> dict[str, FlexConfig]:
-    """{label: FlexConfig}: FLEX, then every registered method (or those named) with its paper settings."""
+    """{label: FlexConfig}: FLEX, then every registered method (or those named) with its paper
+    settings and its twin without the method (label + TWIN)."""
     configs = {"FLEX": FlexConfig()}
     for name in names or [n for n in METHODS if n != "flex"]:
         configs[name] = FlexConfig.for_method(name)
+        configs[name + TWIN] = configs[name].replace(method="flex")
     return configs
 
 
@@ -56,7 +64,9 @@ def run(device: torch.device, seconds: int, rounds: int, names=None) -> list[dic
         if isinstance(t, Exception):
             rows.append(dict(method=label, error=f"{type(t).__name__}: {t}"))
             continue
-        rows.append(dict(method=label, seconds=statistics.median(t), vs_flex=ratio(t, times["FLEX"])))
+        twin = times.get(label + TWIN)
+        rows.append(dict(method=label, seconds=statistics.median(t), vs_flex=ratio(t, times["FLEX"]),
+                         vs_twin=ratio(t, twin) if isinstance(twin, list) else None))
     return rows
 
 
@@ -69,12 +79,14 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     names = args.methods.split(",") if args.methods else None
     rows = run(torch.device(args.device), args.seconds, args.rounds, names)
-    print(f"{'method':<16} {'s / stream':>11}  time vs FLEX, median (min-max) over {args.rounds} rounds")
+    print(f"{args.seconds} s streams; time ratios: median (min-max) over {args.rounds} rounds in turns")
+    print(f"{'method':<22} {'s / stream':>11}  {'vs FLEX':<20} vs its ring twin (the policy's own cost)")
     for row in rows:
         if "error" in row:
-            print(f"{row['method']:<16} {'-':>11}  {row['error']}")
+            print(f"{row['method']:<22} {'-':>11}  {row['error']}")
         else:
-            print(f"{row['method']:<16} {row['seconds']:>11.2f}  {describe(row['vs_flex'])}")
+            print(f"{row['method']:<22} {row['seconds']:>11.2f}  {describe(row['vs_flex']):<20} "
+                  f"{describe(row['vs_twin'])}")
 
 
 if __name__ == "__main__":

@@ -357,3 +357,27 @@ def test_meaningless_settings_are_refused_before_any_model_loads():
         with pytest.raises(MethodError) as err:
             FlexConfig(**kwargs)
         assert err.value.param == param, kwargs
+
+
+# ---------------------------------------------------------------- experiments/rivals.toml
+
+
+def test_rivals_experiment_is_valid_and_names_every_method(tmp_path):
+    """experiments/rivals.toml checks out once its model files and prompt file exist, and runs
+    every registered method (both issues) beside FLEX and the upstream baseline."""
+    pytest.importorskip("flex.generation")
+    from tiny_assets import make_dit_checkpoint, make_wan_dir
+
+    from flex.evaluate.experiment import load_experiment
+    from flex.methods import METHODS, method_parts
+
+    text = (Path(__file__).parent.parent / "experiments" / "rivals.toml").read_text()
+    text = text.replace("../checkpoints/self_forcing_dmd.pt", str(make_dit_checkpoint(tmp_path / "tiny.pt")))
+    text = text.replace("../wan_models/Wan2.1-T2V-1.3B-Diffusers", str(make_wan_dir(tmp_path / "wan")))
+    (tmp_path / "rivals.toml").write_text(text)
+    (tmp_path / "prompts.txt").write_text("a red fox runs through snow\n")
+    exp = load_experiment(tmp_path / "rivals.toml", device="cpu")
+    assert exp.horizons == [30, 60, 120, 240] and len(exp.jobs()) == len(exp.variants) * 4 * len(exp.seeds)
+    named = {spec.name for j in exp.jobs() for spec in method_parts(j.settings.flex.method)}
+    assert named == set(METHODS)
+    assert len({j.settings.flex for j in exp.jobs() if j.horizon == 30}) == len(exp.variants)
