@@ -24,6 +24,8 @@ EXPECTED = {
                 (0.1, 2.5, 21), (3, 18), (0, 21, "absolute"), (None, None)),
     "longlive": ("wan2.1-t2v-1.3b", (1000, 750, 500, 250), True, 5.0, "generator", 3,
                  (1.0, 15.0, 240), (3, 9), (3, 9, "absolute"), (256, 256.0)),
+    "causal-forcing": ("wan2.1-t2v-1.3b", (1000, 750, 500, 250), True, 5.0, "generator", 3,
+                       (0.1, 2.5, 21), (3, 18), (0, 21, "absolute"), (None, None)),
     "krea-14b": ("wan2.1-t2v-14b", (1000, 750, 500, 250), True, 5.0, None, 3,
                  (0.1, 2.5, 21), (3, 18), (0, 6, "window"), (None, None)),
 }

@@ -14,6 +14,9 @@ released inference code or config (the file is named next to the value):
   minimal_inference/autoregressive_inference.py)
 * LongLive      github.com/NVlabs/LongLive, branch v1.0 (configs/longlive_inference.yaml,
   configs/longlive_train_long.yaml, inference.py, wan/modules/causal_model.py)
+* Causal Forcing github.com/thu-ml/Causal-Forcing, commit 1fc7bbc (configs/causal_forcing_dmd_chunkwise.yaml,
+  configs/default_config.yaml, inference.py, utils/wan_wrapper.py, README.md), weights
+  zhuhz22/Causal-Forcing chunkwise/causal_forcing.pt (the chunk-wise 4-step model)
 * Krea Realtime 14B  github.com/krea-ai/realtime-video (configs/self_forcing_server_14b.yaml,
   configs/default_config.yaml, release_server.py, v2v.py), weights krea/krea-realtime-video
 
@@ -247,8 +250,27 @@ KREA_14B = ModelPreset(
                         position_policy="window"),
 )
 
+CAUSAL_FORCING = ModelPreset(
+    name="causal-forcing",
+    architecture="wan2.1-t2v-1.3b",  # utils/wan_wrapper.py: WanDiffusionWrapper model_name="Wan2.1-T2V-1.3B"
+    denoising_steps=(1000, 750, 500, 250),  # causal_forcing_dmd_chunkwise.yaml: denoising_step_list
+    warp_denoising_step=True,  # causal_forcing_dmd_chunkwise.yaml: warp_denoising_step: true
+    shift=5.0,  # causal_forcing_dmd_chunkwise.yaml: timestep_shift / model_kwargs.timestep_shift: 5.0
+    context_noise=0.0,  # default_config.yaml: context_noise: 0
+    weights="generator",  # README.md's chunk-wise command has no --use_ema; inference.py: key 'generator'
+    flex=FlexConfig(
+        alpha=0.1, beta=2.5,  # Self Forcing's: a Self Forcing-style DMD distillation of Wan2.1-1.3B
+        l_train=21,  # causal_forcing_dmd_chunkwise.yaml: image_or_video_shape [1, 21, 16, 60, 104]
+        rho=-1.0, sink_frames=3, window_frames=18,
+        chunk_frames=3,  # causal_forcing_dmd_chunkwise.yaml: num_frame_per_block: 3
+    ),
+    # wan_wrapper.py defaults local_attn_size -1, sink_size 0 (the config's model_kwargs set only
+    # timestep_shift): Self Forcing's fixed 21-frame cache, absolute positions, i.i.d. noise
+    baseline=FlexConfig.off(window_frames=21, chunk_frames=3),
+)
+
 MODEL_PRESETS: Mapping[str, ModelPreset] = MappingProxyType(
-    {p.name: p for p in (SELF_FORCING, CAUSVID, LONGLIVE, KREA_14B)})
+    {p.name: p for p in (SELF_FORCING, CAUSVID, LONGLIVE, KREA_14B, CAUSAL_FORCING)})
 
 
 def model_preset(name: str | ModelPreset) -> ModelPreset:
