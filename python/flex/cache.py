@@ -259,7 +259,13 @@ class TextCache:
 
 
 class ModelKVCache(_TableViews):
-    """One :class:`RingKVCache` per layer of a model, all sharing one :class:`SlotTable`."""
+    """One :class:`RingKVCache` per layer of a model, all sharing one :class:`SlotTable`.
+
+    ``observer`` (None, or ``fn(layer_index, rotated_queries)``): called by every layer of a
+    pass with its queries, for a cache policy that scores keys by them (flex.methods).
+    """
+
+    observer = None
 
     def __init__(self, num_layers, batch, num_heads, head_dim, grid_h, grid_w, sink_frames, window_frames,
                  dtype=torch.float32, device=None):

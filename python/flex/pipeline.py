@@ -37,6 +37,7 @@ from .checks import check_bool, check_float
 from .cache import ModelKVCache, TextCache
 from .chunk_step import ChunkStep, check_step_options
 from .config import FlexConfig
+from .methods.cache_methods import cache_policy
 from .models.wan import CausalWanModel
 from .noise import ChunkNoise, GivenNoise, NoiseSource
 from .positions import ChunkPositions, PositionPolicy, chunk_positions
@@ -337,6 +338,8 @@ class Pipeline:
                     cache = model.new_cache(batch, h // ph, w // pw, cfg.sink_frames, cfg.window_frames,
                                             **self._parallel_kw)
             self.cache = cache
+            policy = cache_policy(cfg, fixed)  # what the method keeps in the cache (flex.methods)
+            policy.start(cache, self.positions.rotate_on_load)
             context = ContextLatents(cfg.sink_frames, cfg.sink_frames + cfg.window_frames)
             source.start((batch, num_frames, model.config.in_dim, h, w), device, model.param_dtype)
             pending = list(schedule)  # (chunk start, prompt, mode), see switch_starts
@@ -364,7 +367,10 @@ class Pipeline:
                         run = (lambda x, t, f0=f0, pos=pos, text_cache=text_cache:
                                model(x, t, text_cache, cache, f0, pos, self.backend, **self._parallel_kw))
                     x = source.initial(f0, n).to(device, ldt)
+                    place = self.chunk_positions(f0, n, num_frames)
+                    policy.before_chunk(cache, f0, n, place)
                     x0 = self._denoise_chunk(run, x, f0, source)
+                    policy.after_chunk(cache, f0, n, place)
                     context.add(f0, x0)
                 if report:
                     if device.type == "cuda":

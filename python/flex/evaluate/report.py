@@ -81,27 +81,35 @@ def rows_from_reports(reports) -> list[dict]:
     return [{"labels": {"video": Path(r.video).name}, "metrics": {**r.metrics, **r.derived()}} for r in reports]
 
 
+def _after(rows: Sequence[dict]) -> list[str]:
+    """Columns after the metrics (a row's optional ``"after"`` dict, e.g. the generation speed)."""
+    return list(dict.fromkeys(k for r in rows for k in r.get("after", {})))
+
+
 def csv_table(rows: Sequence[dict]) -> str:
     labels = list(dict.fromkeys(k for r in rows for k in r["labels"]))
-    cols = table_columns(rows)
+    cols, after = table_columns(rows), _after(rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(labels + cols)
+    writer.writerow(labels + cols + after)
     for r in rows:
-        writer.writerow([r["labels"].get(k, "") for k in labels] + [repr(_cell(r, c)) for c in cols])
+        writer.writerow([r["labels"].get(k, "") for k in labels] + [repr(_cell(r, c)) for c in cols]
+                        + [r.get("after", {}).get(k, "") for k in after])
     return out.getvalue()
 
 
 def markdown_table(rows: Sequence[dict], digits: int = 4) -> str:
     labels = list(dict.fromkeys(k for r in rows for k in r["labels"]))
-    cols = table_columns(rows)
+    cols, after = table_columns(rows), _after(rows)
 
     def fmt(v: float) -> str:
         return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
 
-    lines = ["| " + " | ".join(labels + cols) + " |", "|" + "---|" * (len(labels) + len(cols))]
+    head = labels + cols + after
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [str(r["labels"].get(k, "")) for k in labels] + [fmt(_cell(r, c)) for c in cols]
+        cells += [str(r.get("after", {}).get(k, "")) for k in after]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

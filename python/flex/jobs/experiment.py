@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -257,6 +258,7 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
         evaluator = None
         errors: list[str] = []
         reports: dict[tuple[str, float], list[VideoReport]] = {}
+        speeds: dict[tuple[str, float], list[float]] = {}
         for job in exp.jobs():
             for i, video in enumerate(job.settings.outputs):
                 digest = job.settings.video_hash(i)
@@ -283,6 +285,9 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
                     write_json(manifest_path(video), manifest)
                 errors += [m for k, m in report.errors.items() if m not in errors]
                 reports.setdefault((job.variant, job.horizon), []).append(report)
+                seconds = ((_read_json(manifest_path(video)) or {}).get("timings_s") or {}).get("generate")
+                if seconds:  # latent frames per second of generation (text encoding and decode included)
+                    speeds.setdefault((job.variant, job.horizon), []).append(job.settings.latent_frames / seconds)
 
     rows, curves = [], []
     for horizon in exp.horizons:
@@ -292,8 +297,10 @@ def run_experiment(exp: Experiment, *, progress: bool = True, log: Callable[[str
             names = sorted({m for r in group for m in r.metrics})
             series = {m: mean_series(m, [r.metrics[m] for r in group if m in r.metrics]) for m in names}
             series.update(derived_series(series))  # affine in the dimensions: the score of the means
+            fps = speeds.get((variant, horizon))
             rows.append({"labels": {"variant": variant, "horizon (s)": f"{horizon:g}", "videos": len(group)},
-                         "metrics": series})
+                         "metrics": series,
+                         "after": {"latent FPS": f"{statistics.median(fps):.2f}" if fps else "n/a"}})
             if group and series:
                 lines[variant], times[variant] = series, group[0].segment_centres()
         if lines:

@@ -43,14 +43,18 @@ from .layers import Head, WanAttentionBlock, linear_in, sinusoidal_embedding
 
 
 def ring_self_attention(kernels: ops.PassKernels, positions: ChunkPositions, layer, slot_frame, q, k, v, norm_q,
-                        norm_k, eps: float, grid_h: int, grid_w: int, resident_tokens: int | None) -> torch.Tensor:
+                        norm_k, eps: float, grid_h: int, grid_w: int, resident_tokens: int | None,
+                        observe=None) -> torch.Tensor:
     """One layer's cached self-attention of a chunk: qk-RMSNorm + 3D RoPE of the raw projections
     q, k, v [B, T, H, D] with k, v written straight into their slots of ``layer`` (a RingKVCache),
     then the chunk's queries over every resident slot. Shared by :meth:`CausalWanModel.chunk_pass`
-    and the integrations that run other code's models on these ops (flex.integrations)."""
+    and the integrations that run other code's models on these ops (flex.integrations).
+    ``observe(q_rot)``: a cache policy that scores the cached keys by these queries."""
     pos = positions
     q_rot = kernels.norm_rope_cache_write(q, k, v, norm_q, norm_k, eps, pos.freqs_t, pos.freqs_h, pos.freqs_w,
                                           grid_h, grid_w, 0, layer.k, layer.v, pos.slots, not pos.rotate_on_load)
+    if observe is not None:
+        observe(q_rot)
     return kernels.ring_attention(q_rot, layer.k, layer.v, slot_frame, grid_h * grid_w, 0, 0, pos.scale,
                                   pos.key_freqs_t, False, resident_tokens)
 
@@ -328,8 +332,9 @@ class CausalWanModel(nn.Module):
             if parallel is not None:  # sequence parallel: qk-normed, all tokens of this rank's heads
                 q, k, v = parallel.attention_inputs(attn, q, k, v, n, self.eps)
                 norm_q = norm_k = None
+            observe = None if cache.observer is None else (lambda q_rot, i=i: cache.observer(i, q_rot))
             out = ring_self_attention(kernels, pos, layer, slot_frame, q, k, v, norm_q, norm_k, self.eps, gh, gw,
-                                      resident_tokens)
+                                      resident_tokens, observe)
             return out if parallel is None else parallel.heads_to_tokens(out, n)
 
         return self.forward_with_attention(x, timestep, text, attend, parallel)
