@@ -106,7 +106,8 @@ def phase_report(policy, n_frames: int, first_frame: int, threshold: float = DEF
     curve = concentration(policy, frames)
     valid = ~curve.isnan()
     ex = torch.full_like(curve, float("nan"))
-    ex[valid] = excess(curve[valid])
+    if valid.any():  # a policy without sink frames has nothing to collapse onto
+        ex[valid] = excess(curve[valid])
     peaks = [(f, float(ex[f])) for f in range(max(1, first_frame), n_frames - 1)
              if ex[f] > ex[f - 1] and ex[f] >= ex[f + 1] and ex[f] >= threshold]
     peaks.sort(key=lambda p: -p[1])
