@@ -65,7 +65,7 @@ class Call:
     def of(cls, op: str, *, chunk_frames=0, key_freqs_t=None, resident_tokens=None, return_lse=False,
            dtype=None, head_dim=None, head_tables=False) -> "Call":
         """The description of a call from its arguments (ring_attention's keyword names)."""
-        head_tables = bool(head_tables) or (key_freqs_t is not None and key_freqs_t.dim() == 4)
+        head_tables = bool(head_tables) or (isinstance(key_freqs_t, torch.Tensor) and key_freqs_t.dim() == 4)
         return cls(op, dtype, head_dim, bool(chunk_frames), key_freqs_t is not None,
                    resident_tokens is not None, bool(return_lse), head_tables)
 

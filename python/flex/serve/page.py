@@ -78,7 +78,7 @@ function onMessage(msg) {
       break;
     case "switched":
       setStatus(`streaming "${msg.prompt}"`);
-      logLine(`switched (${msg.mode}) at frame ${msg.at_frame}: ${msg.prompt}`);
+      logLine(`switched at frame ${msg.at_frame} (${msg.mode}): ${msg.prompt}`);
       break;
     case "stopped":
       setRunning(false, msg.frames > 0);
