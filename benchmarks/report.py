@@ -56,7 +56,7 @@ def e2e_table(rows: list[dict]) -> list[list[str]]:
         if not _ok(r):
             why = "skipped: " + r["skipped"] if "skipped" in r else "failed: " + r["error"]
             table.append([f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"],
-                          why, "", "", "", "", "", "", ""])
+                          "-", "", "", "", "", "", "", why])  # last: a long reason widens no other column
             continue
         table.append([
             f"{r['seconds_of_video']} s ({r['latent_frames']} latent)", r["path"], f"{r['latent_fps']:.2f}",
