@@ -20,7 +20,6 @@ def plot_curves(path, curves: Mapping[str, Mapping[str, MetricSeries]], times: M
 
     from .quality_score import DERIVED
     from .registry import ALL_METRICS
-    from .report import atomic_write_bytes
 
     metrics = [m for m in ALL_METRICS + DERIVED if any(m in c for c in curves.values())]
     sink = {k: v for k, v in (sink or {}).items() if v}
@@ -57,11 +56,7 @@ def plot_curves(path, curves: Mapping[str, Mapping[str, MetricSeries]], times: M
         axes.flat[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return _write_png(fig, path)
 
 
 def plot_phase(path, reports: Mapping, title: str = "") -> Path:
@@ -70,8 +65,6 @@ def plot_phase(path, reports: Mapping, title: str = "") -> Path:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from .report import atomic_write_bytes
 
     fig, axes = plt.subplots(len(reports), 1, figsize=(10, 1.8 * len(reports) + 0.6), squeeze=False, sharex=True)
     for ax, (name, r) in zip(axes[:, 0], reports.items()):
@@ -84,6 +77,15 @@ def plot_phase(path, reports: Mapping, title: str = "") -> Path:
     axes[-1, 0].set_xlabel("latent frame")
     if title:
         fig.suptitle(title, fontsize=10)
+    return _write_png(fig, path)
+
+
+def _write_png(fig, path) -> Path:
+    """Lay out ``fig``, write it atomically as a PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    from .report import atomic_write_bytes
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
