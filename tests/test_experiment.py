@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("flex.jobs")
+from tiny_assets import make_dit_checkpoint, make_wan_dir
 
-from tiny_assets import make_dit_checkpoint, make_wan_dir  # noqa: E402
-
-from flex.jobs.experiment import ExperimentError, load_experiment  # noqa: E402
+from flex.jobs.experiment import ExperimentError, load_experiment
 
 PROMPTS = "a red car in the city\na dog runs on the beach\n"
 

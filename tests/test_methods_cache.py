@@ -365,10 +365,9 @@ def test_meaningless_settings_are_refused_before_any_model_loads():
 def test_rivals_experiment_is_valid_and_names_every_method(tmp_path):
     """experiments/rivals.toml checks out once its model files and prompt file exist, and runs
     every registered method (both issues) beside FLEX and the upstream baseline."""
-    pytest.importorskip("flex.generation")
     from tiny_assets import make_dit_checkpoint, make_wan_dir
 
-    from flex.evaluate.experiment import load_experiment
+    from flex.jobs.experiment import load_experiment
     from flex.methods import METHODS, method_parts
 
     text = (Path(__file__).parent.parent / "experiments" / "rivals.toml").read_text()
