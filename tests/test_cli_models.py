@@ -89,3 +89,18 @@ def test_prompt_schedule_and_upstream_noise_generate(assets, tmp_path):
                      "--prompts", str(prompts), "--out", str(folder), *SMALL]) == 0
     names = sorted(p.name for p in folder.glob("*.mp4"))
     assert names == ["000-a-cat-runs-on-the-beach.mp4", "001-a-bird-flies.mp4"]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--no-global-sink", "--method", "infinity-rope"], "--global-sink"),
+    (["--recache", "cut", "--method", "infinity-rope"], "--recache"),
+])
+def test_switch_settings_the_stream_cannot_run_fail_before_any_model_loads(assets, tmp_path, capsys, monkeypatch,
+                                                                         args, flag):
+    import flex.loading
+
+    monkeypatch.setattr(flex.loading, "load_dit", lambda *a, **k: pytest.fail("a model was loaded"))
+    rc = cli.main(["generate", "--dit", str(assets["dit"]), "--wan-dir", str(assets["wan"]), "--prompt", "p",
+                   "--out", str(tmp_path / "x.mp4"), *SMALL, *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and flag in err and "Traceback" not in err, err

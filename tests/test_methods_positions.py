@@ -199,3 +199,26 @@ def test_every_method_runs_on_the_causal_forcing_preset():
     base = MODEL_PRESETS["causal-forcing"].flex_config()
     for name in METHODS:
         assert base.replace(**method_settings(name), method=name).method == name
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--method", "no-such-method"], "--method"),
+    (["--method", "lol-jitter", "--method-param", "strenght=0.5"], "--method-param strenght"),
+    (["--method", "lol-jitter", "--method-param", "strength=abc"], "--method-param strength"),
+    (["--method", "infinity-rope", "--window-frames", "40"], "--window-frames"),
+])
+def test_bad_method_flags_name_the_flag_before_any_model_loads(tmp_path, capsys, monkeypatch, args, flag):
+    import flex.loading
+    from flex.cli import main
+
+    monkeypatch.setattr(flex.loading, "load_dit", lambda *a, **k: pytest.fail("a model was loaded"))
+    code = main(["generate", "--dit", str(tmp_path / "x.pt"), "--wan-dir", str(tmp_path), "--prompt", "a cat", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and "Traceback" not in err, err
+
+
+def test_bad_phase_method_is_a_usage_error(tmp_path, capsys):
+    from flex.cli import main
+
+    assert main(["evaluate", "--phase", "--method", "no-such-method", "--out", str(tmp_path), "--no-plot"]) == 2
+    assert "method" in capsys.readouterr().err

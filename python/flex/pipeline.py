@@ -43,8 +43,8 @@ from .noise import ChunkNoise, GivenNoise, NoiseSource
 from .positions import ChunkPositions, PositionPolicy, chunk_positions
 from .rope import Rope3D
 from .schedule import SELF_FORCING_STEPS, FlowMatchSchedule
-from .switching import (RECACHE_MODES, ContextLatents, Stream, SwitchError, apply_switch, check_mode,
-                        check_prompt_schedule, switch_starts)
+from .switching import (RECACHE_MODES, ContextLatents, Stream, apply_switch, check_mode, check_prompt_schedule,
+                        check_switch_settings, switch_starts)
 
 DEFAULT_LATENT_SIZE = (60, 104)  # 480 x 832 video
 
@@ -265,7 +265,7 @@ class Pipeline:
         first_name = "text" if text is not None else "prompts[0]"
         text, schedule = check_prompt_schedule(text, prompts, num_frames, self.config)
         starts = switch_starts([f for f, _, _ in schedule], self.config.chunk_frames, recache, num_frames)
-        self._check_switch_settings(recache, global_sink)
+        check_switch_settings(self.config, recache, global_sink)
         self.text_batch(text, first_name)
         batch, (h, w) = self._validate(text, num_frames, latent_size, tensor_noise, renoise, generator)
         if self.parallel is not None:
@@ -281,13 +281,6 @@ class Pipeline:
         timed = [(start, entry, recache if mode is None else mode) for start, (_, entry, mode) in zip(starts, schedule)]
         stream._chunks = self._stream(stream, text, timed, num_frames, batch, h, w, source, callback, progress)
         return stream
-
-    def _check_switch_settings(self, recache: str, global_sink: bool) -> None:
-        cfg = self.config
-        check_mode("recache", recache, cfg)
-        if not global_sink and cfg.position_policy == "window":
-            raise SwitchError("global_sink", "global_sink=False moves the sink, which window positions place at "
-                                             "0..sink-1: use absolute positions")
 
     def generate(self, text, num_frames: int, latent_size=None, **kwargs) -> torch.Tensor:
         """All latents [B, num_frames, 16, H, W] (see :meth:`stream` for the arguments)."""

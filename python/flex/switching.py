@@ -92,6 +92,14 @@ def check_mode(name: str, mode, config=None, setting: str | None = None) -> str:
     return mode
 
 
+def check_switch_settings(config, recache: str, global_sink: bool) -> None:
+    """A stream's default switch mode and sink rule, against its FlexConfig."""
+    check_mode("recache", recache, config)
+    if not global_sink and config.position_policy == "window":
+        raise SwitchError("global_sink", "global_sink=False moves the sink, which window positions place at "
+                                         "0..sink-1: use absolute positions")
+
+
 def check_prompt_schedule(text, prompts, num_frames, config=None) -> tuple:
     """(first prompt, [(frame, prompt, mode or None)] of the later switches) of ``Pipeline.stream``'s
     ``text`` and ``prompts`` arguments, validated (entries are (first_frame, text) or

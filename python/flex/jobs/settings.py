@@ -152,6 +152,13 @@ class GenerationSettings:
             raise SettingsError("global_sink", f"must be True, False or None, got {self.global_sink!r}")
         if not isinstance(self.flex, FlexConfig):
             raise SettingsError("flex", f"must be a FlexConfig, got {type(self.flex).__name__}")
+        from ..switching import SwitchError, check_switch_settings
+
+        try:  # the switch rules of the stream this job will open, before any model loads
+            check_switch_settings(self.flex, self.recache or preset.recache,
+                                  preset.global_sink if self.global_sink is None else self.global_sink)
+        except SwitchError as err:
+            raise SettingsError(err.setting, str(err), leads=False) from None
         if not Path(self.dit).exists():
             raise SettingsError("dit", f"{str(self.dit)!r} does not exist")
         if self.lora is not None and not Path(self.lora).is_file():
