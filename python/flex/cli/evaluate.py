@@ -82,6 +82,18 @@ def run(args: argparse.Namespace) -> int:
     return args.run(args)
 
 
+def _work(job, interrupted: str):
+    """(``job()``, None), or (None, the exit status) when it was interrupted or failed (told on stderr)."""
+    try:
+        return job(), None
+    except KeyboardInterrupt:
+        _log(interrupted)
+        return None, EXIT_INTERRUPTED
+    except (OSError, RuntimeError, ValueError) as err:
+        _log(f"error: {err}")
+        return None, EXIT_FAILED
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate.batch import evaluate_to_folder
     from ..evaluate.evaluator import Evaluator
@@ -103,15 +115,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         _log(f"error: {err}")
         return EXIT_USAGE
-    try:
-        reports = evaluate_to_folder(args.inputs, args.out, evaluator, plot=not args.no_plot,
-                                     progress=not args.no_progress, log=_log)
-    except KeyboardInterrupt:
-        _log("interrupted")
-        return EXIT_INTERRUPTED
-    except (OSError, RuntimeError, ValueError) as err:
-        _log(f"error: {err}")
-        return EXIT_FAILED
+    reports, code = _work(lambda: evaluate_to_folder(args.inputs, args.out, evaluator, plot=not args.no_plot,
+                                                     progress=not args.no_progress, log=_log), "interrupted")
+    if code is not None:
+        return code
     _log(f"{len(reports)} video(s) evaluated; results in {args.out}/ (summary.md, summary.csv)")
     return EXIT_FAILED if any(r.errors for r in reports) else EXIT_OK
 
@@ -153,13 +160,9 @@ def run_experiment(args: argparse.Namespace) -> int:
         for job in experiment.jobs():
             _log(f"{job.label}: {len(job.prompts)} video(s) -> {job.out}")
         return EXIT_OK
-    try:
-        result = run_it(experiment, progress=not args.no_progress, log=_log)
-    except KeyboardInterrupt:
-        _log("interrupted: finished videos are kept; rerun the same command to resume")
-        return EXIT_INTERRUPTED
-    except (OSError, RuntimeError, ValueError) as err:
-        _log(f"error: {err}")
-        return EXIT_FAILED
+    result, code = _work(lambda: run_it(experiment, progress=not args.no_progress, log=_log),
+                         "interrupted: finished videos are kept; rerun the same command to resume")
+    if code is not None:
+        return code
     _log(f"table: {result.table_md}")
     return EXIT_FAILED if result.errors else EXIT_OK
