@@ -149,9 +149,10 @@ class Pipeline:
         return rope, shift - offset, scale
 
     def chunk_tables(self, cache: ModelKVCache, first_frame: int, n_frames: int, total_frames: int,
-                     offset: int = 0) -> ChunkPositions:
-        """The frames, slots and RoPE tables of one chunk (shared by its 5 passes and every layer)."""
-        rope, shift, scale = self.chunk_positions(first_frame, n_frames, total_frames, offset)
+                     offset: int = 0, place: tuple | None = None) -> ChunkPositions:
+        """The frames, slots and RoPE tables of one chunk (shared by its 5 passes and every layer);
+        ``place``: its :meth:`chunk_positions` when already known."""
+        rope, shift, scale = place or self.chunk_positions(first_frame, n_frames, total_frames, offset)
         return chunk_positions(rope, cache.table, first_frame, n_frames, cache.grid_h, cache.grid_w,
                                position_shift=shift, rotate_on_load=self.config.rotate_on_load, scale=scale,
                                dtype=self.model.table_dtype)
@@ -351,16 +352,15 @@ class Pipeline:
                         apply_switch(self, handle, mode, cache, step.text if fixed else text_cache, context, f0,
                                      num_frames)
                         handle.switches.append(f0)
-                    offset = handle.position_offset(f0)
+                    place = self.chunk_positions(f0, n, num_frames, handle.position_offset(f0))
                     if fixed:
-                        step.set_chunk(f0, *self.chunk_positions(f0, n, num_frames, offset))
+                        step.set_chunk(f0, *place)
                         run = step
                     else:
-                        pos = self.chunk_tables(cache, f0, n, num_frames, offset)
+                        pos = self.chunk_tables(cache, f0, n, num_frames, place=place)
                         run = (lambda x, t, f0=f0, pos=pos, text_cache=text_cache:
                                model(x, t, text_cache, cache, f0, pos, self.backend, **self._parallel_kw))
                     x = source.initial(f0, n).to(device, ldt)
-                    place = self.chunk_positions(f0, n, num_frames)
                     policy.before_chunk(cache, f0, n, place)
                     x0 = self._denoise_chunk(run, x, f0, source)
                     policy.after_chunk(cache, f0, n, place)
