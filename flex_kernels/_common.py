@@ -130,10 +130,14 @@ def check_index_vector(name: str, x, device: torch.device, dtypes, numel: int) -
     check_device(name, x, device)
 
 
-def check_table(name: str, f, device: torch.device) -> None:
-    """A [N, C, 2] (cos, sin) table, read in float32 (the wrappers make it contiguous)."""
-    if not isinstance(f, torch.Tensor) or f.dim() != 3 or f.shape[-1] != 2 or f.dtype not in TABLE_DTYPES:
-        raise ValueError(f"{name} must be a [N, C, 2] (cos, sin) tensor of {_names(TABLE_DTYPES)}")
+def check_table(name: str, f, device: torch.device, heads: int | None = None) -> None:
+    """A [N, C, 2] (cos, sin) table, read in float32 (the wrappers make it contiguous); with
+    ``heads``, one table per head [N, heads, C, 2] is accepted too."""
+    per_head = heads is not None and isinstance(f, torch.Tensor) and f.dim() == 4 and f.shape[1] == heads
+    if not isinstance(f, torch.Tensor) or not (f.dim() == 3 or per_head) or f.shape[-1] != 2 \
+            or f.dtype not in TABLE_DTYPES:
+        shapes = "[N, C, 2]" + (f" or [N, H={heads}, C, 2]" if heads is not None else "")
+        raise ValueError(f"{name} must be a {shapes} (cos, sin) tensor of {_names(TABLE_DTYPES)}")
     check_device(name, f, device)
 
 

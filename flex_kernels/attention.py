@@ -12,9 +12,10 @@ empty tails of a partly filled ring and future chunks of a block-causal call cos
 masks inside the range stay per key. Keys of empty slots are not even loaded (masked), so
 stale or NaN data there never leaks into the output.
 
-Rotate-on-load (key_freqs_t [n_slots, C_t, 2]): the head dim is split into even and odd
-halves through stride-2 pointers, each key's first C_t planes are rotated by its slot's
-(cos, sin) in registers, and q.k = dot(q_even, k_even^T) + dot(q_odd, k_odd^T).
+Rotate-on-load (key_freqs_t [n_slots, C_t, 2], or one table per head [n_slots, H, C_t, 2]):
+the head dim is split into even and odd halves through stride-2 pointers, each key's first C_t
+planes are rotated by its slot's (cos, sin) in registers, and
+q.k = dot(q_even, k_even^T) + dot(q_odd, k_odd^T).
 
 Block-causal visibility is computed without overflow for any int64 frames: a key of frame
 kf >= q_first_frame is in chunk (kf - q_first_frame) // chunk_frames and is visible to query
@@ -85,7 +86,7 @@ def _ring_attention_kernel(
     s_kb, s_kt, s_kh,
     s_vb, s_vt, s_vh,
     s_ob, s_ot, s_oh,
-    s_kf,
+    s_kf, s_kfh,
     HEAD_DIM: tl.constexpr, CT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_S: tl.constexpr,
     ROTATE: tl.constexpr, CAUSAL: tl.constexpr, QFF_PTR: tl.constexpr, STORE_LSE: tl.constexpr,
@@ -148,7 +149,7 @@ def _ring_attention_kernel(
             k_rows = k_base + k_off[:, None] + 2 * planes[None, :]
             k_even = tl.load(k_rows, mask=key_ok[:, None] & emask[None, :], other=0.0).to(tl.float32)
             k_odd = tl.load(k_rows + 1, mask=key_ok[:, None] & omask[None, :], other=0.0).to(tl.float32)
-            cs_rows = kf_ptr + key_slot[:, None] * s_kf + 2 * planes[None, :]
+            cs_rows = kf_ptr + key_slot[:, None] * s_kf + h * s_kfh + 2 * planes[None, :]
             cs_mask = key_ok[:, None] & rot[None, :]
             cos = tl.load(cs_rows, mask=cs_mask, other=1.0).to(tl.float32)
             sin = tl.load(cs_rows + 1, mask=cs_mask, other=0.0).to(tl.float32)
@@ -207,7 +208,8 @@ def _ring_attention_op(
     out, lse = _outputs(q, return_lse)
     rotate = key_freqs_t is not None
     kf = key_freqs_t.contiguous() if rotate else slot_frame
-    ct = key_freqs_t.shape[1] if rotate else 0
+    ct = key_freqs_t.shape[-2] if rotate else 0
+    per_head = rotate and kf.dim() == 4  # [n_slots, H, C_t, 2]: a table per head
     causal = chunk_frames > 0
 
     def grid(meta):
@@ -222,7 +224,7 @@ def _ring_attention_op(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        kf.stride(0),
+        kf.stride(0), kf.stride(1) if per_head else 0,
         HEAD_DIM=d, CT=ct, BLOCK_D=next_pow2(d, 16), BLOCK_P=next_pow2((d + 1) // 2, 16),
         BLOCK_S=next_pow2(n_slots),
         ROTATE=rotate, CAUSAL=causal, QFF_PTR=q_first_frame_t is not None, STORE_LSE=return_lse,
@@ -270,10 +272,10 @@ def ring_attention(
     qff, qff_t = split_index("q_first_frame", q_first_frame, q.device, 0)
     check_int64("chunk_frames", chunk_frames, 0)
     if key_freqs_t is not None:
-        check_table("key_freqs_t", key_freqs_t, q.device)
-        if key_freqs_t.shape[0] != slot_frame.numel() or 2 * key_freqs_t.shape[1] > d:
-            raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t <= D/2, 2], "
-                             f"got {tuple(key_freqs_t.shape)}")
+        check_table("key_freqs_t", key_freqs_t, q.device, heads=h)
+        if key_freqs_t.shape[0] != slot_frame.numel() or 2 * key_freqs_t.shape[-2] > d:
+            raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t <= D/2, 2] or "
+                             f"[n_slots, H, C_t, 2], got {tuple(key_freqs_t.shape)}")
     scale = d ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale):  # every logit would be NaN or inf
         raise ValueError(f"scale must be a finite number, got {scale!r}")

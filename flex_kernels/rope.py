@@ -7,8 +7,8 @@ interleaved pairs (2p, 2p+1) plane by plane. Even and odd elements are loaded as
 
     even' = even * cos - odd * sin,   odd' = even * sin + odd * cos
 
-Plane p takes its (cos, sin) from the temporal table (p < C_t, row frame_offset + f), the
-height table (next C_h planes, row h) or the width table (the rest, row w). k is stored
+Plane p takes its (cos, sin) from the temporal table (p < C_t, row frame_offset + f, and the
+head's own row where the table has one per head, [N, H, C_t, 2]), the height table (next C_h planes, row h) or the width table (the rest, row w). k is stored
 straight into its ring slot (cache token slot * tpf + (h * grid_w + w)), v is copied there.
 All math is float32; each output is rounded once on store.
 
@@ -51,7 +51,7 @@ def _norm_rope_cache_kernel(
     s_ob, s_ot, s_oh,
     s_kcb, s_kct, s_kch,
     s_vcb, s_vct, s_vch,
-    s_ft, s_fh, s_fw, s_slot,
+    s_ft, s_fth, s_fh, s_fw, s_slot,
     CT: tl.constexpr, CH: tl.constexpr,
     HAS_QW: tl.constexpr, HAS_KW: tl.constexpr, HAS_KV: tl.constexpr,
     OFFSET_PTR: tl.constexpr, ROT_K_T: tl.constexpr,
@@ -82,14 +82,17 @@ def _norm_rope_cache_kernel(
     is_w = (planes >= CT + CH) & pmask
     p_h = tl.maximum(planes - CT, 0)
     p_w = tl.maximum(planes - CT - CH, 0)
-    cos_t = tl.load(ft_ptr + row_t * s_ft + 2 * planes, mask=is_t & row_t_ok, other=1.0).to(tl.float32)
-    sin_t = tl.load(ft_ptr + row_t * s_ft + 2 * planes + 1, mask=is_t & row_t_ok, other=0.0).to(tl.float32)
+    # Temporal (cos, sin) per head: s_fth is 0 for a table shared by every head.
+    t_rows = ft_ptr + row_t * s_ft + heads[:, None] * s_fth + 2 * planes[None, :]
+    t_mask = (heads < H)[:, None] & (is_t & row_t_ok)[None, :]
+    cos_t = tl.load(t_rows, mask=t_mask, other=1.0).to(tl.float32)
+    sin_t = tl.load(t_rows + 1, mask=t_mask, other=0.0).to(tl.float32)
     cos_h = tl.load(fh_ptr + row_h * s_fh + 2 * p_h, mask=is_h, other=1.0).to(tl.float32)
     sin_h = tl.load(fh_ptr + row_h * s_fh + 2 * p_h + 1, mask=is_h, other=0.0).to(tl.float32)
     cos_w = tl.load(fw_ptr + row_w * s_fw + 2 * p_w, mask=is_w, other=1.0).to(tl.float32)
     sin_w = tl.load(fw_ptr + row_w * s_fw + 2 * p_w + 1, mask=is_w, other=0.0).to(tl.float32)
-    cos = tl.where(is_t, cos_t, tl.where(is_h, cos_h, cos_w))[None, :]
-    sin = tl.where(is_t, sin_t, tl.where(is_h, sin_h, sin_w))[None, :]
+    cos = tl.where(is_t[None, :], cos_t, tl.where(is_h, cos_h, cos_w)[None, :])
+    sin = tl.where(is_t[None, :], sin_t, tl.where(is_h, sin_h, sin_w)[None, :])
 
     # Element (head, 2p) of a row; +1 is its odd partner.
     w_off = heads[:, None] * D + 2 * planes[None, :]
@@ -145,7 +148,8 @@ def _tables(freqs_t, freqs_h, freqs_w):
 def _launch(q, k, v, q_out, k_cache, v_cache, wq, wk, ft, fh, fw, off_t, slots,
             grid_w, tpf, frame_offset, eps, has_kv, rotate_k_temporal):
     b, t, h, d = q.shape
-    ct, ch = ft.shape[1], fh.shape[1]
+    ct, ch = ft.shape[-2], fh.shape[1]
+    fth = ft.stride(1) if ft.dim() == 4 else 0  # a temporal table per head, or one for all
     n_slots = k_cache.shape[1] // tpf if has_kv else 0
     # Unused pointer arguments get a read-only input (never dereferenced: constexpr-disabled).
     wrap_triton(_norm_rope_cache_kernel)[(t, b)](
@@ -159,7 +163,7 @@ def _launch(q, k, v, q_out, k_cache, v_cache, wq, wk, ft, fh, fw, off_t, slots,
         q_out.stride(0), q_out.stride(1), q_out.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        ft.stride(0), fh.stride(0), fw.stride(0), slots.stride(0),
+        ft.stride(0), fth, fh.stride(0), fw.stride(0), slots.stride(0),
         CT=ct, CH=ch,
         HAS_QW=wq is not None, HAS_KW=wk is not None, HAS_KV=has_kv,
         OFFSET_PTR=off_t is not None, ROT_K_T=rotate_k_temporal,
@@ -210,11 +214,12 @@ def _check_rope_args(name, x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_o
     """What the kernel needs of x, the tables, the grid and the frame offset; returns the
     offset split into (host int, device tensor or None)."""
     check_rows(name, x, x.device)
-    for fname, f in (("freqs_t", freqs_t), ("freqs_h", freqs_h), ("freqs_w", freqs_w)):
+    check_table("freqs_t", freqs_t, x.device, heads=x.shape[2])
+    for fname, f in (("freqs_h", freqs_h), ("freqs_w", freqs_w)):
         check_table(fname, f, x.device)
     d = x.shape[-1]
     # Every plane of the head dim reads its (cos, sin) from exactly one table.
-    planes = freqs_t.shape[1] + freqs_h.shape[1] + freqs_w.shape[1]
+    planes = freqs_t.shape[-2] + freqs_h.shape[1] + freqs_w.shape[1]
     if 2 * planes != d:
         raise ValueError(f"freqs_t/h/w have {planes} planes in all but head dim {d} needs {d // 2}")
     for gname, g in (("grid_h", grid_h), ("grid_w", grid_w)):

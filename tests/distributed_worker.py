@@ -38,6 +38,14 @@ SEQUENCE_CASES = {
     "window_positions-float32": ("window_positions", "auto", "float32", None, False),
     "switch-recache-float64": ("flex_sink_window", "reference", "float64", 12, False),
     "flex-float32-cpp-compiled": ("flex_sink_window", "cpp", "float32", 12, True),
+    # LoL jitter: per-head RoPE tables, each rank taking the rows of its own heads.
+    "jitter-float64": ("jitter", "reference", "float64", None, False),
+    "jitter-window-float32-cpp": ("jitter_window", "cpp", "float32", None, False),
+}
+# Configurations of these cases beside rollout_cases.CONFIGS (whose every entry has a recorded rollout).
+EXTRA_CONFIGS = {
+    "jitter": (dict(method="lol-jitter", l_train=5, sink_frames=3, window_frames=6), 21),
+    "jitter_window": (dict(method="lol-jitter", l_train=5, sink_frames=3, window_frames=6, position_policy="window"), 21),
 }
 
 
@@ -52,7 +60,7 @@ def sequence_case(case: str, parallel=None, compiled: bool | None = None):
 
     name, backend, dtype_name, switch, compile_pass = SEQUENCE_CASES[case]
     compile_pass = compile_pass if compiled is None else compiled
-    kwargs, frames = CONFIGS[name]
+    kwargs, frames = {**CONFIGS, **EXTRA_CONFIGS}[name]
     dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
     model = CausalWanModel("tiny").to(dtype)

@@ -24,6 +24,9 @@ CONFIGS = {
     "dynamic S (rotate-on-load)": FlexConfig(sink_frames=3, window_frames=6, dynamic=True),
     "window positions": FlexConfig(sink_frames=3, window_frames=6, position_policy="window"),
     "ntk, no sink": FlexConfig(strategy="ntk", sink_frames=0, window_frames=6, rho=0.0),
+    "lol jitter (per-head tables)": FlexConfig(method="lol-jitter", sink_frames=3, window_frames=9),
+    "lol jitter, window positions (per-head key tables)": FlexConfig(method="lol-jitter", sink_frames=3,
+                                                                    window_frames=6, position_policy="window"),
 }
 
 

@@ -179,8 +179,10 @@ def test_jitter_tables_rotate_each_head_by_its_own_thetas():
     for h in range(2):  # head h alone, with a shared table of its own thetas
         one = ops.rope3d(x[:, :, h:h + 1], ft[:, h], fh, fw, 2, 3, backend="reference")
         assert torch.allclose(out[:, :, h:h + 1], one, atol=1e-14, rtol=0)
-    with pytest.raises(ValueError, match="per-head"):
-        ops.rope3d(x.float(), ft.float(), fh.float(), fw.float(), 2, 3, backend="cpp")
+    for backend in ("cpp", "triton"):  # the fused kernels take the per-head tables too
+        if backend in ops.available_backends("rope3d", "cpu"):
+            got = ops.rope3d(x.float(), ft.float(), fh.float(), fw.float(), 2, 3, backend=backend)
+            assert torch.allclose(got.double(), out, atol=1e-5, rtol=0), backend
 
 
 @pytest.mark.parametrize("positions", ["absolute", "window"])

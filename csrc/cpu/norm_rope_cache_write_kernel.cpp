@@ -18,9 +18,12 @@
 namespace flex::cpu {
 namespace {
 
+// Normalises and rotates one token's H head rows; frame_row, pos and rotate_temporal say which
+// (cos, sin) rows each head takes (flex/rope_math.h).
 template <typename scalar_t, typename opmath_t>
 void norm_rope_token(const scalar_t* in, const Strides3& stride, scalar_t* out, const NormRopeCacheParams& p,
-                     const opmath_t* weight, const TokenCosSin& cs, opmath_t* buf) {
+                     const opmath_t* weight, int64_t frame_row, const TokenPos& pos, bool rotate_temporal,
+                     opmath_t* buf) {
   opmath_t inv_rms = 1;
   if (weight != nullptr) {
     opmath_t sum_sq = 0;
@@ -30,6 +33,7 @@ void norm_rope_token(const scalar_t* in, const Strides3& stride, scalar_t* out, 
     inv_rms = rms_inverse<opmath_t>(sum_sq, p.heads * p.head_dim, static_cast<opmath_t>(p.eps));
   }
   for (int64_t h = 0; h < p.heads; ++h) {
+    const TokenCosSin cs = token_cos_sin(p.tables, h, frame_row, pos.h, pos.w, rotate_temporal);
     norm_rotate_row<scalar_t, opmath_t>(in + h * stride.h, out + h * p.head_dim, buf, p.head_dim, cs,
                                         p.tables.planes, inv_rms,
                                         weight != nullptr ? weight + h * p.head_dim : nullptr);
@@ -59,14 +63,12 @@ void norm_rope_cache_kernel(const NormRopeCacheParams& p) {
       const int64_t frame_row = p.frame_offset + pos.f;
       const int64_t cache_token = b * p.cache_tokens + p.frame_slots[pos.f] * tpf + (t - pos.f * tpf);
 
-      const TokenCosSin cs_q = token_cos_sin(p.tables, frame_row, pos.h, pos.w, true);
       norm_rope_token<scalar_t, opmath_t>(q + b * p.q_stride.b + t * p.q_stride.t, p.q_stride,
-                                          q_out + bt * row_elems, p, norm_q_weight, cs_q, buf.data());
-
-      const TokenCosSin cs_k = token_cos_sin(p.tables, frame_row, pos.h, pos.w, p.rotate_k_temporal);
-      norm_rope_token<scalar_t, opmath_t>(k + b * p.k_stride.b + t * p.k_stride.t, p.k_stride,
-                                          k_cache + cache_token * row_elems, p, norm_k_weight, cs_k,
+                                          q_out + bt * row_elems, p, norm_q_weight, frame_row, pos, true,
                                           buf.data());
+      norm_rope_token<scalar_t, opmath_t>(k + b * p.k_stride.b + t * p.k_stride.t, p.k_stride,
+                                          k_cache + cache_token * row_elems, p, norm_k_weight, frame_row, pos,
+                                          p.rotate_k_temporal, buf.data());
 
       const scalar_t* vt = v + b * p.v_stride.b + t * p.v_stride.t;
       scalar_t* vc = v_cache + cache_token * row_elems;

@@ -26,10 +26,10 @@ void rope3d_kernel(const Rope3dParams& p) {
       const int64_t b = bt / p.tokens;
       const int64_t t = bt - b * p.tokens;
       const TokenPos pos = token_position(t, p.grid_h, p.grid_w);
-      const TokenCosSin cs = token_cos_sin(p.tables, p.frame_offset + pos.f, pos.h, pos.w, true);
       const scalar_t* xt = x + b * p.x_stride.b + t * p.x_stride.t;
       scalar_t* ot = out + bt * row_elems;
       for (int64_t h = 0; h < p.heads; ++h) {
+        const TokenCosSin cs = token_cos_sin(p.tables, h, p.frame_offset + pos.f, pos.h, pos.w, true);
         norm_rotate_row<scalar_t, opmath_t>(xt + h * p.x_stride.h, ot + h * p.head_dim, buf.data(),
                                             p.head_dim, cs, p.tables.planes, opmath_t(1), nullptr);
       }

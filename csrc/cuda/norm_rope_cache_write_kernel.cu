@@ -41,9 +41,9 @@ __device__ __forceinline__ void block_sum2(acc_t& a, acc_t& b, acc_t* shared) {
 }
 
 // Normalise (inv_rms * weight, when weight != nullptr) and rotate one vector of VEC elements
-// starting at element d0 of a head row.
+// starting at element d0 of head `head`'s row.
 template <typename T, int VEC>
-__device__ __forceinline__ void norm_rotate(const T (&in)[VEC], T (&res)[VEC], int64_t d0,
+__device__ __forceinline__ void norm_rotate(const T (&in)[VEC], T (&res)[VEC], int64_t head, int64_t d0,
                                             const typename OpMath<T>::type* weight,
                                             typename OpMath<T>::type inv_rms,
                                             const RopeTables& tables, int64_t frame_row,
@@ -58,7 +58,7 @@ __device__ __forceinline__ void norm_rotate(const T (&in)[VEC], T (&res)[VEC], i
       x1 = x1 * inv_rms * weight[d0 + 2 * j + 1];
     }
     const int32_t plane = static_cast<int32_t>(d0 / 2 + j);
-    const CosSin cs = plane_cos_sin(tables, plane, frame_row, pos.h, pos.w, rotate_temporal);
+    const CosSin cs = plane_cos_sin(tables, plane, head, frame_row, pos.h, pos.w, rotate_temporal);
     acc_t y0, y1;
     rotate_pair<acc_t>(x0, x1, static_cast<acc_t>(cs.c), static_cast<acc_t>(cs.s), y0, y1);
     res[2 * j] = from_opmath<T>(y0);
@@ -127,12 +127,12 @@ __global__ void __launch_bounds__(kMaxThreads) norm_rope_cache_kernel(const Norm
       const int64_t d0 = (i - h * vecs_per_head) * VEC;
       T in[VEC], res[VEC];
       load_vec<T, VEC, VECTOR_IO>(qt + h * p.q_stride.h + d0, in);
-      norm_rotate<T, VEC>(in, res, d0, norm_q_weight != nullptr ? norm_q_weight + h * p.head_dim : nullptr,
+      norm_rotate<T, VEC>(in, res, h, d0, norm_q_weight != nullptr ? norm_q_weight + h * p.head_dim : nullptr,
                           inv_q, p.tables, frame_row, pos, true);
       store_vec<T, VEC, VECTOR_IO>(q_out + bt * row + h * p.head_dim + d0, res);
       if (write_cache) {
         load_vec<T, VEC, VECTOR_IO>(kt + h * p.k_stride.h + d0, in);
-        norm_rotate<T, VEC>(in, res, d0,
+        norm_rotate<T, VEC>(in, res, h, d0,
                             norm_k_weight != nullptr ? norm_k_weight + h * p.head_dim : nullptr,
                             inv_k, p.tables, frame_row, pos, p.rotate_k_temporal);
         store_vec<T, VEC, VECTOR_IO>(k_cache + cache_token * row + h * p.head_dim + d0, res);

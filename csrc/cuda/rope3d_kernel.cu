@@ -32,7 +32,7 @@ __global__ void rope3d_kernel(const Rope3dParams p, int64_t n_vecs) {
 #pragma unroll
     for (int j = 0; j < VEC / 2; ++j) {
       const int32_t plane = static_cast<int32_t>(dv * (VEC / 2) + j);
-      const CosSin cs = plane_cos_sin(p.tables, plane, p.frame_offset + pos.f, pos.h, pos.w, true);
+      const CosSin cs = plane_cos_sin(p.tables, plane, h, p.frame_offset + pos.f, pos.h, pos.w, true);
       acc_t y0, y1;
       rotate_pair<acc_t>(to_opmath(in[2 * j]), to_opmath(in[2 * j + 1]), static_cast<acc_t>(cs.c),
                          static_cast<acc_t>(cs.s), y0, y1);

@@ -68,9 +68,13 @@ RingAttentionCall prepare_ring_attention(const at::Tensor& q, const at::Tensor& 
   c.frames = slot_frame.contiguous();
   if (rotate_on_load) {
     const at::Tensor& f = *key_freqs_t;
-    FLEX_CHECK(f.dim() == 3 && f.size(0) == n_slots && f.size(2) == 2 && f.size(1) <= D / 2,
+    // One table per slot, or one per (slot, head): [n_slots, H, C_t, 2].
+    const bool per_head = f.dim() == 4 && f.size(1) == H;
+    const int64_t planes_t = f.dim() >= 3 ? f.size(f.dim() - 2) : 0;
+    FLEX_CHECK((f.dim() == 3 || per_head) && f.size(0) == n_slots && f.size(f.dim() - 1) == 2 &&
+                   planes_t <= D / 2,
                "key_freqs_t must be [n_slots, C_t, 2] = [", n_slots, ", C_t <= D/2 = ", D / 2,
-               ", 2], got shape ", f.sizes());
+               ", 2] or one table per head [n_slots, H = ", H, ", C_t, 2], got shape ", f.sizes());
     FLEX_CHECK(f.scalar_type() == at::kFloat, "key_freqs_t must be float32, got ", f.scalar_type());
     c.key_freqs = f.contiguous();
   }
@@ -96,7 +100,8 @@ RingAttentionCall prepare_ring_attention(const at::Tensor& q, const at::Tensor& 
   p.chunk_frames = chunk_frames;
   p.scale = scale;
   p.key_freqs_t = rotate_on_load ? c.key_freqs.const_data_ptr<float>() : nullptr;
-  p.key_planes_t = rotate_on_load ? c.key_freqs.size(1) : 0;
+  p.key_planes_t = rotate_on_load ? c.key_freqs.size(-2) : 0;
+  p.key_heads_t = rotate_on_load && c.key_freqs.dim() == 4 ? H : 1;
   p.out = c.out.data_ptr();
   p.lse = return_lse ? c.lse.data_ptr<float>() : nullptr;
   p.dtype = dtype_of(op, "q", q);

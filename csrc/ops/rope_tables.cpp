@@ -35,17 +35,23 @@ CheckedTables check_tables(const char* op, const char* x_name, const at::Tensor&
   at::Tensor* out[3] = {&r.t, &r.h, &r.w};
   const int64_t head_dim = x.size(3);
   int64_t planes = 0;
+  // The temporal table may hold one row per (frame, head): [N, H, C_t, 2].
+  const bool per_head = freqs_t.dim() == 4;
+  FLEX_CHECK(!per_head || (freqs_t.size(1) == x.size(2) && freqs_t.size(3) == 2),
+             "freqs_t must be [N, C, 2] or one table per head [N, H = ", x.size(2), ", C, 2], got shape ",
+             freqs_t.sizes());
   for (int a = 0; a < 3; ++a) {
-    const at::Tensor& f = *in[a];
+    const at::Tensor f = a == 0 && per_head ? freqs_t.select(1, 0) : *in[a];
     FLEX_CHECK(f.dim() == 3 && f.size(2) == 2, names[a], " must be [N, C, 2] (cos, sin), got shape ",
-               f.sizes());
+               in[a]->sizes());
     FLEX_CHECK(f.scalar_type() == at::kFloat, names[a], " must be float32, got ", f.scalar_type());
     FLEX_CHECK(f.size(1) <= head_dim / 2, names[a], " has ", f.size(1), " planes, more than D/2 = ",
                head_dim / 2, " (D = ", x_name, ".shape[3])");
     planes += f.size(1);  // three terms <= D/2 < 2^31: no overflow
   }
+  const int64_t planes_t = freqs_t.size(per_head ? 2 : 1);
   FLEX_CHECK(planes * 2 == head_dim, "the plane counts of freqs_t, freqs_h, freqs_w (",
-             freqs_t.size(1), " + ", freqs_h.size(1), " + ", freqs_w.size(1), " = ", planes,
+             planes_t, " + ", freqs_h.size(1), " + ", freqs_w.size(1), " = ", planes,
              ") must sum to D/2 = ", head_dim / 2, " (D = ", x_name, ".shape[3])");
   FLEX_CHECK(frame_offset >= 0, "frame_offset must be >= 0, got ", frame_offset);
   FLEX_CHECK(rows_fit(frame_offset, n_frames, freqs_t.size(0)), "frame_offset + frames = ",
@@ -58,9 +64,10 @@ CheckedTables check_tables(const char* op, const char* x_name, const at::Tensor&
   for (int a = 0; a < 3; ++a) {
     *out[a] = in[a]->contiguous();
     r.tables.table[a] = out[a]->const_data_ptr<float>();
-    r.tables.planes[a] = static_cast<int32_t>(in[a]->size(1));  // <= D/2 < 2^31
+    r.tables.planes[a] = static_cast<int32_t>(a == 0 ? planes_t : in[a]->size(1));  // <= D/2 < 2^31
     r.tables.rows[a] = in[a]->size(0);
   }
+  r.tables.temporal_heads = per_head ? freqs_t.size(1) : 1;
   return r;
 }
 

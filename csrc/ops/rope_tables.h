@@ -26,7 +26,8 @@ struct CheckedTables {
   RopeTables tables;
 };
 
-// freqs_* are float32 [rows, planes, 2] with D/2 planes in all; the call's temporal rows
+// freqs_* are float32 [rows, planes, 2] with D/2 planes in all (freqs_t may be one table per
+// head of x: [rows, H, planes, 2]); the call's temporal rows
 // [frame_offset, frame_offset + n_frames) and the grid's rows exist.
 CheckedTables check_tables(const char* op, const char* x_name, const at::Tensor& x,
                            const at::Tensor& freqs_t, const at::Tensor& freqs_h,

@@ -119,8 +119,7 @@ class ChunkStep:
         self.thetas = Rope3D(*(torch.zeros(shape, dtype=torch.float64, device=dev)
                                for shape in (t_shape, *axis_planes(model.head_dim)[1:])))
         self.text: TextCache | None = None
-        self.kernels = ops.plan(backend, dev, model.param_dtype, model.head_dim, config.rotate_on_load,
-                                head_tables=len(t_shape) == 2)
+        self.kernels = ops.plan(backend, dev, model.param_dtype, model.head_dim, config.rotate_on_load)
         self._rope: Rope3D | None = None
         self._resident, self._scale = 0, model.head_dim ** -0.5
         self._fn = self._pass

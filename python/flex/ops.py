@@ -48,8 +48,9 @@ class Call:
     block_causal    ring_attention with chunk_frames > 0 (a mask beyond empty slots)
     rotate_on_load  ring_attention with key_freqs_t (keys rotated while loading)
     resident_prefix ring_attention with resident_tokens: the filled slots are exactly a prefix
-    head_tables     a temporal RoPE table per head (freqs_t [N, H, C_t, 2], key_freqs_t
-                    [n_slots, H, C_t, 2]); only backends with ``HEAD_TABLES = True`` take them
+
+    Temporal RoPE tables may hold one row per head (freqs_t [N, H, C_t, 2], key_freqs_t
+    [n_slots, H, C_t, 2]); every backend that takes tables takes those too.
     """
 
     op: str
@@ -59,15 +60,13 @@ class Call:
     rotate_on_load: bool = False
     resident_prefix: bool = False
     return_lse: bool = False
-    head_tables: bool = False
 
     @classmethod
     def of(cls, op: str, *, chunk_frames=0, key_freqs_t=None, resident_tokens=None, return_lse=False,
-           dtype=None, head_dim=None, head_tables=False) -> "Call":
+           dtype=None, head_dim=None) -> "Call":
         """The description of a call from its arguments (ring_attention's keyword names)."""
-        head_tables = bool(head_tables) or (isinstance(key_freqs_t, torch.Tensor) and key_freqs_t.dim() == 4)
         return cls(op, dtype, head_dim, bool(chunk_frames), key_freqs_t is not None,
-                   resident_tokens is not None, bool(return_lse), head_tables)
+                   resident_tokens is not None, bool(return_lse))
 
 
 def backend_status(name: str) -> tuple[bool, str]:
@@ -101,8 +100,6 @@ def auto_order(device: torch.device) -> tuple[str, ...]:
 
 
 def _supports(mod, call: Call) -> bool:
-    if call.head_tables and not getattr(mod, "HEAD_TABLES", False):
-        return False
     return getattr(mod, "supports", lambda call: True)(call)
 
 
@@ -156,9 +153,7 @@ def _choose(call: Call, backend: str, device: torch.device):
     if device.type not in mod.DEVICES:
         raise ValueError(f"backend {backend!r} runs on {sorted(mod.DEVICES)}, got tensors on {device.type}")
     if not _supports(mod, call):
-        what = "per-head RoPE tables" if call.head_tables and not getattr(mod, "HEAD_TABLES", False) \
-            else mod.supports.__doc__
-        raise ValueError(f"backend {backend!r} does not support this {op} call: {what}")
+        raise ValueError(f"backend {backend!r} does not support this {op} call: {mod.supports.__doc__}")
     return backend, mod
 
 
@@ -211,16 +206,15 @@ class PassKernels:
 
 
 def plan(backend, device, dtype: torch.dtype, head_dim: int, rotate_on_load: bool = False,
-         resident_prefix: bool = True, head_tables: bool = False) -> PassKernels:
+         resident_prefix: bool = True) -> PassKernels:
     """The kernels of a model pass: qk-norm + RoPE + cache write, then ring attention over
     the whole ring (no block-causal mask, no lse). ``resident_prefix``: whether the filled
     slots form a prefix (else only masked attention kernels qualify)."""
     names = backend_per_op(backend)
     device = torch.device(device)
-    nrc = select(Call("norm_rope_cache_write", dtype, head_dim, head_tables=head_tables),
-                 names["norm_rope_cache_write"], device)
-    ra = select(Call("ring_attention", dtype, head_dim, rotate_on_load=rotate_on_load, resident_prefix=resident_prefix,
-                     head_tables=head_tables and rotate_on_load), names["ring_attention"], device)
+    nrc = select(Call("norm_rope_cache_write", dtype, head_dim), names["norm_rope_cache_write"], device)
+    ra = select(Call("ring_attention", dtype, head_dim, rotate_on_load=rotate_on_load, resident_prefix=resident_prefix),
+                names["ring_attention"], device)
     return PassKernels(nrc.norm_rope_cache_write, ra.ring_attention, getattr(ra, "SLICES_RESIDENT_PREFIX", False))
 
 
@@ -294,11 +288,12 @@ def rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset=0, backend
     """Wan 3D RoPE of x [B, T, H, D], tokens in (f, h, w) order, interleaved pairs.
 
     freqs_* are [N, C, 2] (cos, sin) float32 tables from :meth:`flex.rope.Rope3D.tables`;
-    a token in chunk frame f uses temporal row frame_offset + f. Returns a new tensor.
+    a token in chunk frame f uses temporal row frame_offset + f. freqs_t may hold a row per head,
+    [N, H, C_t, 2] (per-head frequencies). Returns a new tensor.
     """
     _check_tensor("x", x, 4)
     _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
-    mod = select(Call("rope3d", x.dtype, x.shape[-1], head_tables=freqs_t.dim() == 4), backend, x.device)
+    mod = select(Call("rope3d", x.dtype, x.shape[-1]), backend, x.device)
     return mod.rope3d(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset)
 
 
@@ -338,7 +333,7 @@ def norm_rope_cache_write(
     if frame_slots.dtype not in (torch.int32, torch.int64) or frame_slots.numel() != t // tpf:
         raise ValueError(f"frame_slots must be int32/int64 with one slot per frame ({t // tpf}), got {frame_slots.dtype} {tuple(frame_slots.shape)}")
     _check_slots_in_range(frame_slots, k_cache.shape[1] // tpf)
-    mod = select(Call("norm_rope_cache_write", q.dtype, d, head_tables=freqs_t.dim() == 4), backend, q.device)
+    mod = select(Call("norm_rope_cache_write", q.dtype, d), backend, q.device)
     return mod.norm_rope_cache_write(
         q, k, v, norm_q_weight, norm_k_weight, float(eps), freqs_t, freqs_h, freqs_w, grid_h, grid_w,
         frame_offset, k_cache, v_cache, frame_slots, check_bool("rotate_k_temporal", rotate_k_temporal),
@@ -353,9 +348,10 @@ def ring_attention(
 
     Empty slots (frame -1) are never visible; ``chunk_frames > 0`` adds block-causal order over
     chunks aligned at ``q_first_frame``; ``key_freqs_t`` [n_slots, C_t, 2] rotates each slot's
-    keys by its temporal (cos, sin) while loading (rotate-on-load). ``resident_tokens`` (a host
-    int, from :meth:`RingKVCache.resident_prefix_tokens`) lets backends that need no mask
-    (sdpa, flash) attend over k_cache[:, :resident_tokens]. Returns out, or (out, lse).
+    keys by its temporal (cos, sin) while loading (rotate-on-load), [n_slots, H, C_t, 2] each
+    head's keys by its own. ``resident_tokens`` (a host int, from
+    :meth:`RingKVCache.resident_prefix_tokens`) lets backends that need no mask (sdpa, flash)
+    attend over k_cache[:, :resident_tokens]. Returns out, or (out, lse).
     """
     _check_tensor("q", q, 4)
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):

@@ -75,6 +75,14 @@ class ParallelPlan:
     def local_heads(self, num_heads: int) -> int:
         return num_heads // self.size
 
+    def own_heads(self, table: torch.Tensor | None) -> torch.Tensor | None:
+        """This rank's rows of a per-head RoPE table [n, H, C, 2] (rank r attends with head group r,
+        see :meth:`tokens_to_heads`); a table shared by every head [n, C, 2], or None, as it is."""
+        if table is None or table.dim() != 4:
+            return table
+        local = table.shape[1] // self.size
+        return table[:, self.rank * local:(self.rank + 1) * local]
+
     # ------------------------------------------------------------ token shards
 
     def split_tokens(self, hs: torch.Tensor, n_frames: int) -> torch.Tensor:

@@ -53,7 +53,7 @@ std::vector<T> to_host(const T* d, size_t n) {
 void host_row(const float* in, float* out, const flex::RopeTables& tb, int64_t t, float inv_rms,
               const float* weight, bool rotate_temporal) {
   const flex::TokenPos pos = flex::token_position(t, GH, GW);
-  const flex::TokenCosSin cs = flex::token_cos_sin(tb, pos.f, pos.h, pos.w, rotate_temporal);
+  const flex::TokenCosSin cs = flex::token_cos_sin(tb, /*head=*/0, pos.f, pos.h, pos.w, rotate_temporal);  // shared tables
   for (int64_t d = 0; d < D; ++d) out[d] = weight ? in[d] * inv_rms * weight[d] : in[d];
   int64_t first = 0;
   for (int a = 0; a < 3; ++a) {

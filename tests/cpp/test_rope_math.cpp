@@ -68,7 +68,7 @@ void test_rotation_of_a_token() {
       std::vector<float> x(d), y_row(d), y_pair(d);
       for (auto& v : x) v = normal(rng);
       // Row path (CPU kernels): token_cos_sin + rotate_planes per axis.
-      const flex::TokenCosSin cs = flex::token_cos_sin(tb, pos.f, pos.h, pos.w, rotate_temporal != 0);
+      const flex::TokenCosSin cs = flex::token_cos_sin(tb, 0, pos.f, pos.h, pos.w, rotate_temporal != 0);
       y_row = x;
       int64_t first = 0;
       for (int a = 0; a < 3; ++a) {
@@ -80,7 +80,7 @@ void test_rotation_of_a_token() {
       }
       // Pair path (CUDA kernels): plane_cos_sin + rotate_pair per plane.
       for (int32_t p = 0; p < d / 2; ++p) {
-        const flex::CosSin c = flex::plane_cos_sin(tb, p, pos.f, pos.h, pos.w, rotate_temporal != 0);
+        const flex::CosSin c = flex::plane_cos_sin(tb, p, 0, pos.f, pos.h, pos.w, rotate_temporal != 0);
         flex::rotate_pair<float>(x[2 * p], x[2 * p + 1], c.c, c.s, y_pair[2 * p], y_pair[2 * p + 1]);
       }
       // Direct formula in double.
@@ -109,6 +109,31 @@ void test_rotation_of_a_token() {
   }
   // |x| ~ 4 at most; fp32 tables + fp32 math: a few 1e-7.
   CHECK(max_err < 4e-6, "max abs error %g of the 3D rotation", max_err);
+}
+
+// A per-head temporal table [rows, heads, planes, 2]: head h of frame row r reads its own
+// (cos, sin) row, in both the row and the pair helpers; the spatial tables stay shared.
+void test_per_head_temporal_table() {
+  const int32_t ct = 3, ch = 2, cw = 2;
+  const int64_t heads = 4, rows = 5;
+  std::vector<float> ft(static_cast<size_t>(rows * heads * ct * 2));
+  for (size_t i = 0; i < ft.size(); ++i) ft[i] = static_cast<float>(i);  // each entry its own value
+  const std::vector<float> fh = make_table(3, ch), fw = make_table(3, cw);
+  flex::RopeTables tb{{ft.data(), fh.data(), fw.data()}, {ct, ch, cw}, {rows, 3, 3}, heads};
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* want = ft.data() + (r * heads + h) * ct * 2;
+      const flex::TokenCosSin cs = flex::token_cos_sin(tb, h, r, 1, 2, true);
+      CHECK(cs.axis[0] == want, "row helper: frame %lld head %lld", (long long)r, (long long)h);
+      CHECK(cs.axis[1] == fh.data() + 1 * ch * 2 && cs.axis[2] == fw.data() + 2 * cw * 2,
+            "spatial rows must not depend on the head");
+      for (int32_t p = 0; p < ct; ++p) {
+        const flex::CosSin c = flex::plane_cos_sin(tb, p, h, r, 1, 2, true);
+        CHECK(c.c == want[2 * p] && c.s == want[2 * p + 1], "pair helper: frame %lld head %lld plane %d",
+              (long long)r, (long long)h, p);
+      }
+    }
+  }
 }
 
 void test_rotate_pair_double() {
@@ -204,6 +229,7 @@ int main() {
   test_token_position();
   test_locate_plane();
   test_rotation_of_a_token();
+  test_per_head_temporal_table();
   test_rotate_pair_double();
   test_inverse_rotation();
   test_rms_inverse();

@@ -47,7 +47,7 @@ void attend_brgemm(const RingAttentionParams& p, const Plan& plan, Scratch& w, i
 
     // 16-bit queries for this block: as loaded, or inverse-rotated by the block's slot.
     if (plan.rotate_queries && blk.slot != rotated_slot) {
-      inverse_rotate_queries(p, w, tq.rows, blk.slot);
+      inverse_rotate_queries(p, w, tq, blk.slot);
       copy_tile(w.q_rot.data_ptr<float>(), d, q16, d, tq.rows, d);
       rotated_slot = blk.slot;
     }
@@ -57,7 +57,7 @@ void attend_brgemm(const RingAttentionParams& p, const Plan& plan, Scratch& w, i
     int64_t k_rows_ld = p.k_stride.t;
     if (rotate_keys) {
       copy_tile(k_src, p.k_stride.t, kb, d, cols, d);
-      rotate_key_rows(p, kb, k0, cols);
+      rotate_key_rows(p, kb, h, k0, cols);
       auto* staged = reinterpret_cast<scalar_t*>(w.v.data_ptr<float>());  // v's fp32 tile is free here
       copy_tile(kb, d, staged, d, cols, d);
       k_rows = staged;

@@ -39,7 +39,7 @@ void attend_fp32(const RingAttentionParams& p, const Plan& plan, Scratch& w, int
     const float* q_use = w.q.data_ptr<float>();
     if (plan.rotate_queries) {
       if (blk.slot != rotated_slot) {
-        inverse_rotate_queries(p, w, tq.rows, blk.slot);
+        inverse_rotate_queries(p, w, tq, blk.slot);
         rotated_slot = blk.slot;
       }
       q_use = w.q_rot.data_ptr<float>();
@@ -53,7 +53,7 @@ void attend_fp32(const RingAttentionParams& p, const Plan& plan, Scratch& w, int
       k_ld = p.k_stride.t;
     } else {
       copy_tile(k_src, p.k_stride.t, kb, d, cols, d);
-      if (rotate_keys) rotate_key_rows(p, kb, k0, cols);
+      if (rotate_keys) rotate_key_rows(p, kb, h, k0, cols);
     }
     const float* v_tile = vb;
     int64_t v_ld = d;

@@ -111,27 +111,27 @@ inline void load_key_frames(const RingAttentionParams& p, const KeyBlock& blk, c
   for (int64_t c = 0; c < blk.cols; ++c) w.key_frame[c] = p.slot_frame[(blk.k0 + c) / p.tokens_per_frame];
 }
 
-// w.q_rot = w.q inverse-rotated by the temporal rotation of cache slot `slot` (rotate-on-load
-// applied to the queries: q . R k == R^-1 q . k).
-inline void inverse_rotate_queries(const RingAttentionParams& p, Scratch& w, int64_t rows, int64_t slot) {
+// w.q_rot = w.q inverse-rotated by the temporal rotation of cache slot `slot` in the task's head
+// (rotate-on-load applied to the queries: q . R k == R^-1 q . k).
+inline void inverse_rotate_queries(const RingAttentionParams& p, Scratch& w, const TaskQueries& tq, int64_t slot) {
   const int64_t d = p.head_dim;
   const float* qb = w.q.data_ptr<float>();
   float* qr = w.q_rot.data_ptr<float>();
-  const float* cs = p.key_freqs_t + slot * p.key_planes_t * 2;
+  const float* cs = key_cos_sin(p, slot, tq.h);
   const int64_t rotated = 2 * p.key_planes_t;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < tq.rows; ++r) {
     rotate_planes_inverse<float>(qb + r * d, qr + r * d, cs, p.key_planes_t);
     std::copy(qb + r * d + rotated, qb + (r + 1) * d, qr + r * d + rotated);
   }
 }
 
-// Rotates `cols` fp32 key rows (row stride D) of the cache keys from k0 on, in place, by the
-// temporal rotation of their slots (rotate-on-load applied to the keys).
-inline void rotate_key_rows(const RingAttentionParams& p, float* keys, int64_t k0, int64_t cols) {
+// Rotates `cols` fp32 key rows (row stride D) of head `head`'s cache keys from k0 on, in place,
+// by the temporal rotation of their slots (rotate-on-load applied to the keys).
+inline void rotate_key_rows(const RingAttentionParams& p, float* keys, int64_t head, int64_t k0, int64_t cols) {
   const int64_t d = p.head_dim;
   for (int64_t c = 0; c < cols; ++c) {
-    rotate_planes<float>(keys + c * d, keys + c * d,
-                         p.key_freqs_t + ((k0 + c) / p.tokens_per_frame) * p.key_planes_t * 2, p.key_planes_t);
+    rotate_planes<float>(keys + c * d, keys + c * d, key_cos_sin(p, (k0 + c) / p.tokens_per_frame, head),
+                         p.key_planes_t);
   }
 }
 

@@ -62,11 +62,18 @@ struct RingAttentionParams {
   const int64_t* slot_frame;   // [k_tokens / tokens_per_frame] frame of each slot, -1 = empty
   int64_t tokens_per_frame, q_first_frame, chunk_frames;
   double scale;
-  const float* key_freqs_t;    // [n_slots, key_planes_t, 2] (cos, sin) or nullptr
-  int64_t key_planes_t;
+  const float* key_freqs_t;    // [n_slots, key_planes_t, 2] (cos, sin), or one table per
+  int64_t key_planes_t;        // head [n_slots, key_heads_t, key_planes_t, 2], or nullptr
+  int64_t key_heads_t;         // 1: shared by every head; heads: per head
   void* out;
   float* lse;                  // [B, H, Tq] or nullptr
   DType dtype;
 };
+
+// The key_planes_t (cos, sin) pairs that rotate the keys of cache slot `slot` in head `head`.
+inline const float* key_cos_sin(const RingAttentionParams& p, int64_t slot, int64_t head) {
+  const int64_t row = p.key_heads_t > 1 ? slot * p.key_heads_t + head : slot;
+  return p.key_freqs_t + row * p.key_planes_t * 2;
+}
 
 }  // namespace flex

@@ -8,7 +8,9 @@
 //    grid sits at f = t / (grid_h*grid_w), h = (t / grid_w) % grid_h, w = t % grid_w;
 //  * head_dim D holds D/2 interleaved rotation planes: plane p rotates (x[2p], x[2p+1]);
 //  * planes [0, C_t) are temporal, [C_t, C_t + C_h) height, [C_t + C_h, D/2) width;
-//  * each axis has a float32 table [rows, planes, 2] of (cos, sin), contiguous.
+//  * each axis has a float32 table [rows, planes, 2] of (cos, sin), contiguous; the temporal
+//    table may instead hold one row per (frame, head): [rows, heads, planes, 2] (per-head
+//    frequencies, e.g. LoL's multi-head RoPE jitter).
 #pragma once
 
 #include <cmath>
@@ -40,11 +42,13 @@ FLEX_HOST_DEVICE inline TokenPos token_position(int64_t t, int64_t grid_h, int64
 }
 
 // The three (cos, sin) tables of 3D RoPE. table[a] points at a contiguous float32
-// [rows[a], planes[a], 2] array.
+// [rows[a], planes[a], 2] array, except that the temporal table is
+// [rows, temporal_heads, planes, 2] when temporal_heads > 1 (one table per head).
 struct RopeTables {
   const float* table[3];
   int32_t planes[3];
   int64_t rows[3];
+  int64_t temporal_heads = 1;  // 1: one temporal table shared by every head
 };
 
 // Which axis a rotation plane belongs to, and its index inside that axis.
@@ -73,18 +77,22 @@ FLEX_HOST_DEVICE inline int64_t axis_row(int axis, int64_t frame_row, int64_t h,
   return axis == kTemporal ? frame_row : (axis == kHeight ? h : w);
 }
 
-// Pointer to the (cos, sin) pairs of one axis at one row.
-FLEX_HOST_DEVICE inline const float* axis_cos_sin(const RopeTables& tb, int axis, int64_t row) {
-  return tb.table[axis] + row * static_cast<int64_t>(tb.planes[axis]) * 2;
+// Pointer to the (cos, sin) pairs of one axis at one row, for attention head `head` (which
+// only selects a row of a per-head temporal table).
+FLEX_HOST_DEVICE inline const float* axis_cos_sin(const RopeTables& tb, int axis, int64_t row, int64_t head) {
+  const int64_t pairs = static_cast<int64_t>(tb.planes[axis]) * 2;
+  if (axis == kTemporal && tb.temporal_heads > 1) return tb.table[axis] + (row * tb.temporal_heads + head) * pairs;
+  return tb.table[axis] + row * pairs;
 }
 
 struct CosSin {
   float c, s;
 };
 
-// (cos, sin) of rotation plane p for a token whose temporal row is frame_row.
-// With rotate_temporal == false the temporal planes are the identity (rotate-on-load caches).
-FLEX_HOST_DEVICE inline CosSin plane_cos_sin(const RopeTables& tb, int32_t p, int64_t frame_row,
+// (cos, sin) of rotation plane p of attention head `head` for a token whose temporal row is
+// frame_row. With rotate_temporal == false the temporal planes are the identity (rotate-on-load
+// caches).
+FLEX_HOST_DEVICE inline CosSin plane_cos_sin(const RopeTables& tb, int32_t p, int64_t head, int64_t frame_row,
                                              int64_t h, int64_t w, bool rotate_temporal) {
   const PlaneRef r = locate_plane(p, tb.planes[kTemporal], tb.planes[kHeight]);
   CosSin cs;
@@ -93,24 +101,25 @@ FLEX_HOST_DEVICE inline CosSin plane_cos_sin(const RopeTables& tb, int32_t p, in
     cs.s = 0.0f;
     return cs;
   }
-  const float* e = axis_cos_sin(tb, r.axis, axis_row(r.axis, frame_row, h, w)) + 2 * r.index;
+  const float* e = axis_cos_sin(tb, r.axis, axis_row(r.axis, frame_row, h, w), head) + 2 * r.index;
   cs.c = e[0];
   cs.s = e[1];
   return cs;
 }
 
-// Per-axis (cos, sin) rows of one token: axis[a] points at planes[a] (cos, sin) pairs, or is
-// nullptr where the axis is left unrotated (temporal planes of a rotate-on-load cache).
+// Per-axis (cos, sin) rows of one head of one token: axis[a] points at planes[a] (cos, sin)
+// pairs, or is nullptr where the axis is left unrotated (temporal planes of a rotate-on-load
+// cache).
 struct TokenCosSin {
   const float* axis[3];
 };
 
-FLEX_HOST_DEVICE inline TokenCosSin token_cos_sin(const RopeTables& tb, int64_t frame_row, int64_t h,
-                                                  int64_t w, bool rotate_temporal) {
+FLEX_HOST_DEVICE inline TokenCosSin token_cos_sin(const RopeTables& tb, int64_t head, int64_t frame_row,
+                                                  int64_t h, int64_t w, bool rotate_temporal) {
   TokenCosSin r;
-  r.axis[kTemporal] = rotate_temporal ? axis_cos_sin(tb, kTemporal, frame_row) : nullptr;
-  r.axis[kHeight] = axis_cos_sin(tb, kHeight, h);
-  r.axis[kWidth] = axis_cos_sin(tb, kWidth, w);
+  r.axis[kTemporal] = rotate_temporal ? axis_cos_sin(tb, kTemporal, frame_row, head) : nullptr;
+  r.axis[kHeight] = axis_cos_sin(tb, kHeight, h, head);
+  r.axis[kWidth] = axis_cos_sin(tb, kWidth, w, head);
   return r;
 }
 

@@ -2,7 +2,6 @@
 from flex import reference
 
 DEVICES = {"cpu", "cuda"}
-HEAD_TABLES = True  # takes a temporal RoPE table per head
 
 
 def available():

@@ -27,6 +27,7 @@ over every resident slot), placed by :func:`flex.positions.chunk_positions`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import torch
@@ -239,7 +240,7 @@ class CausalWanModel(nn.Module):
         """Plan the pass's kernels for the cache's current state, then run it."""
         resident = cache.table.resident_prefix_tokens()
         kernels = ops.plan(backend, x.device, self.param_dtype, self.head_dim, positions.rotate_on_load,
-                           resident_prefix=resident is not None, head_tables=positions.freqs_t.dim() == 4)
+                           resident_prefix=resident is not None)
         return self.chunk_pass(x, timestep, text, cache, positions, resident, kernels, parallel)
 
     def forward(
@@ -322,6 +323,9 @@ class CausalWanModel(nn.Module):
         gh, gw = h // ph, w // pw
         pos = positions
         cache.table.record(pos.frames, pos.slots)
+        if parallel is not None:  # per-head RoPE tables: the rows of this rank's heads
+            pos = dataclasses.replace(pos, freqs_t=parallel.own_heads(pos.freqs_t),
+                                      key_freqs_t=parallel.own_heads(pos.key_freqs_t))
         slot_frame = cache.table.slot_frame
 
         n = x.shape[1]
