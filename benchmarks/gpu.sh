@@ -36,7 +36,8 @@ print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
 
 run_tests() {
     python -m pytest -q --maxfail=25 tests/test_op_rope3d.py tests/test_op_norm_rope_cache_write.py \
-        tests/test_op_ring_attention.py tests/test_op_dispatch.py tests/test_op_fuzz.py tests/test_chunk_step.py \
+        tests/test_op_ring_attention.py tests/test_op_head_tables.py tests/test_op_dispatch.py tests/test_op_fuzz.py \
+        tests/test_chunk_step.py \
         tests/test_model.py tests/test_pipeline.py 2>&1 | tee "$out/tests.log" | tail -15
 }
 
@@ -83,7 +84,7 @@ lease() {
         exit 1
     fi
     part kernels 75 python -m pytest -q -x tests/test_op_rope3d.py tests/test_op_norm_rope_cache_write.py \
-        tests/test_op_ring_attention.py -k "cuda or triton or bf16" || true
+        tests/test_op_ring_attention.py tests/test_op_head_tables.py -k "cuda or triton or bf16" || true
     part e2e-30s 200 python benchmarks/run.py --device cuda --suite e2e --horizons 30 --paths upstream,accelerate,on,fast \
         --no-options --repeats 2 --out "$work/e2e-30s" || true
     part ops 60 python benchmarks/run.py --device cuda --suite ops --out "$work/ops" || true

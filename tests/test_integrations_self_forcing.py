@@ -23,6 +23,8 @@ ON = [
     pytest.param(FlexConfig(l_train=6, sink_frames=3, window_frames=6), id="flex-sink3-window6"),
     pytest.param(FlexConfig(l_train=6, sink_frames=3, window_frames=6, position_policy="window", dynamic=True),
                  id="flex-window-positions-dynamic"),
+    pytest.param(FlexConfig(method="lol-jitter", l_train=6, sink_frames=3, window_frames=6, position_policy="window"),
+                 id="lol-jitter-window-positions"),  # per-head tables, keys rotated on load
 ]
 
 

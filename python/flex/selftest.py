@@ -27,6 +27,7 @@ import torch
 
 from . import canary, ops, reference
 from .cache import RingKVCache
+from .methods.position_methods import jitter_factors
 from .models import CausalWanModel
 from .ops import BACKENDS
 from .rope import Rope3D
@@ -85,17 +86,22 @@ def _op_inputs(s: Setting, heads, head_dim, dtype, device, seed=0):
     t = s.frames * tpf
     qkv = _randn((1, t, 3, heads, head_dim), dtype, device, gen)
     rope = Rope3D.for_wan(head_dim, "flex", length=480)
+    # LoL's multi-head jitter: a temporal table per head ([N, H, C_t, 2]).
+    jitter = Rope3D(rope.thetas_t[None] * jitter_factors(heads, head_dim, 0.8, 0), rope.thetas_h, rope.thetas_w)
     ring = RingKVCache(1, heads, head_dim, tpf, s.sink, s.window, dtype=dtype, device=device)
     for f in range(0, s.first + s.frames, s.frames):
         n = min(s.frames, s.first + s.frames - f)
         ring.write(_randn((1, n * tpf, heads, head_dim), dtype, device, gen),
                    _randn((1, n * tpf, heads, head_dim), dtype, device, gen), f)
+    slot_positions = torch.arange(ring.n_slots, device=device, dtype=torch.float64)
     return dict(
         q=qkv[:, :, 0], k=qkv[:, :, 1], v=qkv[:, :, 2],
         wq=(torch.rand(heads * head_dim, generator=gen) + 0.5).to(device, dtype),
         wk=(torch.rand(heads * head_dim, generator=gen) + 0.5).to(device, dtype),
         tables=rope.tables(s.first, s.frames, gh, gw, device=device),
-        key_table=rope.temporal_table(torch.arange(ring.n_slots, device=device, dtype=torch.float64)),
+        key_table=rope.temporal_table(slot_positions),
+        head_table=jitter.tables(s.first, s.frames, gh, gw, device=device)[0],
+        head_key_table=jitter.temporal_table(slot_positions),
         ring=ring, slots=ring.slots(s.first, s.frames), tpf=tpf, grid=(gh, gw), first=s.first,
         rows_per_frame=s.rows_per_frame,
     )
@@ -127,8 +133,9 @@ def _attention_reference(q, k, v, slot_frame, tpf, first, chunk_frames, scale, k
     for r, h in _blocks(rows, q.shape[2], k.shape[1]):
         frame = r.start // tpf
         q_first = first + (frame // chunk_frames) * chunk_frames if chunk_frames else first
+        heads_table = key_table[:, h] if key_table is not None and key_table.dim() == 4 else key_table
         out, lse = reference.ring_attention(q[:, r.start:r.stop, h], k[:, :, h], v[:, :, h], slot_frame, tpf,
-                                            q_first, chunk_frames, scale, key_table, True)
+                                            q_first, chunk_frames, scale, heads_table, True)
         outs.append(out.flatten())
         lses.append(lse.flatten())
     return torch.cat(outs), torch.cat(lses)
@@ -149,15 +156,15 @@ def _cases(x):
     ft, fh, fw = x["tables"]
     cases = [("rope3d", {}, lambda b: ops.rope3d(q, ft, fh, fw, gh, gw, 0, backend=b),
               lambda: reference.rope3d(q, ft, fh, fw, gh, gw))]
-    for rotate in (True, False):
-        def nrc(b, rotate=rotate):  # on fresh copies of the caches: (q out, k cache, v cache)
+    for label, rotate, table in (("", True, ft), (" (keys unrotated)", False, ft),
+                                 (" (per-head tables)", True, x["head_table"])):
+        def nrc(b, rotate=rotate, table=table):  # on fresh copies of the caches: (q out, k cache, v cache)
             kc, vc = ring.k.clone(), ring.v.clone()
-            out = ops.norm_rope_cache_write(q, k, v, x["wq"], x["wk"], 1e-6, ft, fh, fw, gh, gw, 0, kc, vc,
+            out = ops.norm_rope_cache_write(q, k, v, x["wq"], x["wk"], 1e-6, table, fh, fw, gh, gw, 0, kc, vc,
                                             x["slots"], rotate, backend=b)
             return out, kc, vc
 
-        label = "norm_rope_cache_write" + ("" if rotate else " (keys unrotated)")
-        cases.append((label, {}, nrc, lambda f=nrc: f("reference")))
+        cases.append(("norm_rope_cache_write" + label, {}, nrc, lambda f=nrc: f("reference")))
     scale = q.shape[-1] ** -0.5
     rows = _reference_rows(q.shape[1], tpf, x["rows_per_frame"])
     # Block-causal: the queries sit one frame back with 1-frame chunks, so that the newest
@@ -165,7 +172,8 @@ def _cases(x):
     for variant, extra, q_first in (
             ("window", dict(resident_tokens=ring.resident_prefix_tokens()), first),
             ("block-causal + lse", dict(chunk_frames=1, return_lse=True), first - 1),
-            ("rotate-on-load", dict(key_freqs_t=x["key_table"]), first)):
+            ("rotate-on-load", dict(key_freqs_t=x["key_table"]), first),
+            ("rotate-on-load, per-head tables", dict(key_freqs_t=x["head_key_table"]), first)):
         def attend(b, e=extra, q_first=q_first):
             res = ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, q_first, scale=scale, **e, backend=b)
             out, lse = res if e.get("return_lse") else (res, None)

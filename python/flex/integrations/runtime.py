@@ -49,7 +49,7 @@ class Runtime:
         self.num_frames = num_frames
         attn = upstream.attentions[0]
         self.num_heads, self.head_dim = int(attn.num_heads), int(attn.head_dim)
-        self.positions = PositionPolicy(config, self.head_dim)
+        self.positions = PositionPolicy(config, self.head_dim, self.num_heads)  # a method may tune each head
         self.cache: ModelKVCache | None = None
         self.current: PassState | None = None
         self._chunk: tuple | None = None  # (key, ChunkPositions) of the chunk being denoised

@@ -27,7 +27,8 @@ Each is registered in :data:`flex.methods.registry.METHODS` from here.
   jitter multiplies whatever thetas the inner policy gives (theta_{h,m} = theta_m * (1 +
   strength * u_h)^(-2m/d_t)), so on plain RoPE it is exactly the jittered base and on FLEX it
   jitters the FLEX-modulated thetas. Per-head thetas reach the kernels as per-head tables
-  ([n, H, C_t, 2]).
+  ([n, H, C_t, 2]), which every backend's kernels read (C++, CUDA, Triton); under sequence
+  parallel each rank takes the rows of its own heads.
 """
 from __future__ import annotations
 
