@@ -16,9 +16,18 @@ import torch
 
 from flex import ops
 from flex.cache import RingKVCache
+from flex.methods.position_methods import jitter_factors
 from flex.rope import Rope3D
 
 from . import upstream
+
+PER_HEAD = ", per-head tables"  # impl suffix: LoL jitter's temporal table per head
+
+
+def jittered(rope: Rope3D, heads: int, head_dim: int) -> Rope3D:
+    """``rope`` with LoL's multi-head jitter (strength 0.8, all heads): thetas_t [H, C_t]."""
+    return Rope3D(rope.thetas_t[None] * jitter_factors(heads, head_dim, 0.8, 0), rope.thetas_h, rope.thetas_w)
+
 
 # Largest float64 score matrix the reference backend may build (elements).
 REFERENCE_SCORE_LIMIT = 6e7
@@ -84,9 +93,11 @@ def _rope_inputs(device, dtype, quick, layout):
     q, k, v = qkv.unbind(2)
     for f in range(0, sink + window, nf):
         shifting.write(k[:, : nf * tpf], v[:, : nf * tpf], f)
+    rope = Rope3D.for_wan(d, "flex", length=480)
     return dict(
         x=torch.randn(1, t, h, d, device=device, dtype=dtype), q=q, k=k, v=v, gh=gh, gw=gw, nf=nf, first=first,
-        tables=Rope3D.for_wan(d, "flex", length=480).tables(first, nf, gh, gw, device=device),
+        tables=rope.tables(first, nf, gh, gw, device=device),
+        head_tables=jittered(rope, h, d).tables(first, nf, gh, gw, device=device),
         table=upstream.rope_table(d, device), ring=ring, slots=ring.slots(first, nf), shifting=shifting,
         wq=torch.rand(h * d, device=device, dtype=dtype) + 0.5, wk=torch.rand(h * d, device=device, dtype=dtype) + 0.5,
         shape=f"[1, {t}, {h}, {d}]", sink=sink, window=window,
@@ -127,15 +138,17 @@ def rope_cases(device, dtype, quick, layout="1.3B") -> list[OpCase]:
         return lambda: upstream.self_attention_inputs(i["q"], i["k"], i["v"], i["wq"], i["wk"], i["table"],
                                                       i["shifting"], i["nf"], i["gh"], i["gw"], next(frame))
 
-    def flex_nrc(name):
+    def flex_nrc(name, per_head=False):
         i = inputs()
-        return lambda: ops.norm_rope_cache_write(i["q"], i["k"], i["v"], i["wq"], i["wk"], 1e-6, *i["tables"], i["gh"],
+        tables = i["head_tables" if per_head else "tables"]
+        return lambda: ops.norm_rope_cache_write(i["q"], i["k"], i["v"], i["wq"], i["wk"], 1e-6, *tables, i["gh"],
                                                  i["gw"], 0, i["ring"].k, i["ring"].v, i["slots"], backend=name)
 
     op = "norm_rope_cache_write"
     cases.append(case(op=op, impl=base, work=nbytes, unit="GB/s", baseline=base, make=upstream_nrc))
-    cases += [case(op=op, impl=name, work=nbytes, unit="GB/s", baseline=base, make=functools.partial(flex_nrc, name))
-              for name in backends(op, device)]
+    for name, per_head in itertools.product(backends(op, device), (False, True)):
+        cases.append(case(op=op, impl=name + (PER_HEAD if per_head else ""), work=nbytes, unit="GB/s", baseline=base,
+                          make=functools.partial(flex_nrc, name, per_head)))
     return cases
 
 
@@ -177,9 +190,10 @@ def _attention_inputs(device, dtype, quick, layout):
     shifting.k.copy_(ring.k)
     shifting.v.copy_(ring.v)
     rope = Rope3D.for_wan(d, "flex", length=480)
+    slots = torch.arange(ring.n_slots, device=device)
     return dict(q=torch.randn(1, nf * tpf, h, d, device=device, dtype=dtype), ring=ring, shifting=shifting, tpf=tpf,
-                first=60 - nf, gh=gh, gw=gw, key_table=rope.temporal_table(torch.arange(ring.n_slots, device=device)),
-                table=upstream.rope_table(d, device))
+                first=60 - nf, gh=gh, gw=gw, key_table=rope.temporal_table(slots),
+                head_key_table=jittered(rope, h, d).temporal_table(slots), table=upstream.rope_table(d, device))
 
 
 def attention_cases(device, dtype, quick, layout="1.3B") -> list[OpCase]:
@@ -199,9 +213,10 @@ def attention_cases(device, dtype, quick, layout="1.3B") -> list[OpCase]:
         i = inputs()
         return lambda: i["shifting"].attend(i["q"], tk)
 
-    def flex_attend(name, rotate):
+    def flex_attend(name, rotate, per_head=False):
         i, ring = inputs(), inputs()["ring"]
-        extra = dict(key_freqs_t=i["key_table"]) if rotate else dict(resident_tokens=ring.resident_prefix_tokens())
+        key_table = i["head_key_table" if per_head else "key_table"]
+        extra = dict(key_freqs_t=key_table) if rotate else dict(resident_tokens=ring.resident_prefix_tokens())
         return lambda: ops.ring_attention(i["q"], ring.k, ring.v, ring.slot_frame, tpf, i["first"], **extra, backend=name)
 
     def compiled_flex_attention():
@@ -236,7 +251,9 @@ def attention_cases(device, dtype, quick, layout="1.3B") -> list[OpCase]:
             ops.resolve_backend("ring_attention", name, device, key_freqs_t=torch.empty(0), dtype=dtype, head_dim=d)
         except ValueError:
             continue  # backend has no rotate-on-load (sdpa, flash)
-        cases.append(case(op=op, impl=name, baseline=base, make=functools.partial(flex_attend, name, True)))
+        for per_head in (False, True):
+            cases.append(case(op=op, impl=name + (PER_HEAD if per_head else ""), baseline=base,
+                              make=functools.partial(flex_attend, name, True, per_head)))
     return cases
 
 
