@@ -1,8 +1,10 @@
 """Every entry point runs the same runtime: a ``flex serve`` session streams the video that ``flex
 generate`` writes for the same settings, prompt and seed, bit for bit on the CPU, for every model
 preset (each has its own schedule, weights entry and FLEX settings), with Self Forcing's bf16
-modulation and with upstream's noise. Driven as users drive them: the generate command line, and
-the server through its websocket (start, run to the end, save)."""
+modulation, with upstream's noise and with long-horizon methods. Driven as users drive them: the
+generate command line, and the server through its websocket (start, run to the end, save). The
+server's arguments are parsed by the test, not from a command line, as a notebook would do
+(flex.cli.serve.serve_in_thread): the flags count as typed where they differ from the defaults."""
 import json
 
 import numpy as np
@@ -22,6 +24,10 @@ CASES = {name: ["--model", name] for name in MODEL_PRESETS}
 CASES["self-forcing, modulation bf16"] = ["--model", "self-forcing", "--modulation", "bf16"]
 CASES["self-forcing, noise upstream"] = ["--model", "self-forcing", "--noise", "upstream"]
 CASES["causvid, no-flex, noise upstream"] = ["--model", "causvid", "--no-flex", "--noise", "upstream"]
+# Methods with their paper settings: per-head RoPE tables (LoL jitter) with keys rotated on load
+# (infinity-RoPE), and a cache method.
+CASES["self-forcing, infinity-rope+lol-jitter"] = ["--model", "self-forcing", "--method", "infinity-rope+lol-jitter"]
+CASES["self-forcing, deep-sink"] = ["--model", "self-forcing", "--method", "deep-sink"]
 
 
 @pytest.fixture(scope="module")

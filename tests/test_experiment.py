@@ -11,6 +11,7 @@ import pytest
 
 from tiny_assets import make_dit_checkpoint, make_wan_dir
 
+from flex.config import FlexConfig
 from flex.jobs.experiment import ExperimentError, load_experiment
 
 PROMPTS = "a red car in the city\na dog runs on the beach\n"
@@ -74,6 +75,17 @@ def test_config_is_checked_before_anything_runs(tmp_path, assets):
                                      variants='[[variant]]\nname = "x"\ngeneration = { seconds = 3 }'))
     with pytest.raises(ExperimentError, match="metric must be one of"):
         load_experiment(write_config(tmp_path / "e", assets, metrics='["beauty"]'))
+
+
+def test_a_method_variant_takes_its_paper_settings_under_the_fields_written(tmp_path, assets):
+    """The rule of --method: the method's paper settings, then the fields the variant writes."""
+    variants = ('[[variant]]\nname = "inf"\nflex = { method = "infinity-rope" }\n'
+                '[[variant]]\nname = "inf4"\nflex = { method = "infinity-rope", window_frames = 4 }\n'
+                '[[variant]]\nname = "jit"\nflex = { method = "lol-jitter", method_params = { strength = 0.5 } }')
+    inf, inf4, jit = (j.settings.flex for j in load_experiment(write_config(tmp_path, assets, variants=variants)).jobs())
+    assert inf == FlexConfig.for_method("infinity-rope") and (inf.sink_frames, inf.window_frames) == (1, 5)
+    assert (inf4.sink_frames, inf4.window_frames, inf4.position_policy) == (1, 4, "window")
+    assert jit.method == "lol-jitter" and jit.method_params == (("strength", 0.5),)
 
 
 def _mp4s(root: Path) -> dict:

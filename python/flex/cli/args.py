@@ -18,8 +18,6 @@ from .common import FLEX_FIELDS, CliError, finite_float, flag, usage_error
 from ..methods import METHODS, MethodError, method_settings
 
 COMPILE_CHOICES = {"off": False, "on": True, "frozen": "frozen"}
-# The FLEX switches whose default changes with --no-flex: those FlexConfig.off() changes.
-NO_FLEX_FLAGS = ("rope", "rho", "sink_frames", "window_frames")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -204,10 +202,12 @@ def add_parallel_arguments(parser, defaults: bool = True) -> None:
 
 
 def typed_flex_flags(args) -> set[str]:
-    """The --no-flex flags given with a non-default value (when the typed ones are not known)."""
+    """The FLEX flags (--rope ... --method, --method-param) whose value differs from the parser's
+    default: what counts as typed when the command line is not known (arguments parsed by a
+    caller, e.g. serve_in_thread from a notebook)."""
     scratch = argparse.ArgumentParser()
     add_generate_args(scratch)
-    return {name for name in NO_FLEX_FLAGS if getattr(args, name) != scratch.get_default(name)}
+    return {dest for dest in FLEX_FIELDS if getattr(args, dest) != scratch.get_default(dest)}
 
 
 def flex_config(args, explicit: set[str]):
@@ -298,6 +298,6 @@ def settings_from_args(args, explicit: set[str]):
 
 
 __all__ = [
-    "COMPILE_CHOICES", "NO_FLEX_FLAGS", "add_generate_args", "add_parallel_arguments", "denoising_steps", "flex_config", "latent_frames",
+    "COMPILE_CHOICES", "add_generate_args", "add_parallel_arguments", "denoising_steps", "flex_config", "latent_frames",
     "read_prompts", "settings_from_args", "typed_flex_flags",
 ]

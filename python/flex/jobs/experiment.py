@@ -178,7 +178,9 @@ def load_experiment(path, out=None, weights_dir=None, device=None) -> Experiment
             raise ExperimentError(f"{where}: variant name {name!r} is used twice")
         names.append(name)
         try:
-            flex = FlexConfig(**{**base_flex, **v.get("flex", {})})
+            fields = {**base_flex, **v.get("flex", {})}
+            # As on the command line: a method runs with its paper's settings for the fields not written.
+            flex = FlexConfig.for_method(**fields) if "method" in fields else FlexConfig(**fields)
         except (TypeError, ValueError) as err:
             raise ExperimentError(f"{where} ({name}) flex: {err}") from None
         options = {**base, **generation_options(v.get("generation", {}), f"{where} ({name}) generation")}
