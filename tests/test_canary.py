@@ -179,3 +179,33 @@ def test_compiled_call_is_traced_through_unchecked(forced_on):
     explained = torch._dynamo.explain(fn)(*args)
     assert explained.graph_break_count == 0
     assert not canary.is_bad(call, "sdpa", CPU) and ops.select(call, "sdpa", CPU) is not sdpa  # not verified
+
+
+@needs_extension
+def test_per_head_tables_on_more_heads_than_the_check_reads(forced_on):
+    """The checks read the first CHECK_HEADS heads: a per-head table (LoL jitter) is cut to those
+    heads' rows too, so a right kernel passes without a warning and a wrong one is caught."""
+    from flex.backends import cpp
+    from flex.methods.position_methods import jitter_factors
+    from flex.rope import Rope3D
+
+    heads, d, tpf = canary.CHECK_HEADS + 2, 32, 6
+    plain = Rope3D.for_wan(d)
+    rope = Rope3D(plain.thetas_t[None] * jitter_factors(heads, d, 0.8, 0), plain.thetas_h, plain.thetas_w)
+    x = torch.randn(1, 2 * tpf, heads, d)
+    ft, fh, fw = rope.tables(0, 2, 2, 3)
+    q, ring = full_ring(heads=heads, d=d, tpf=tpf)
+    key_table = rope.temporal_table(torch.arange(ring.n_slots, dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", canary.CanaryMismatch)
+        out = ops.rope3d(x, ft, fh, fw, 2, 3, backend="cpp")
+        att = ops.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, 4, key_freqs_t=key_table, backend="cpp")
+    assert relative_error(out, reference.rope3d(x, ft, fh, fw, 2, 3)) <= 1e-5
+    assert relative_error(att, reference.ring_attention(q, ring.k, ring.v, ring.slot_frame, tpf, 4,
+                                                        key_freqs_t=key_table)) <= 1e-5
+    canary.reset()
+    bad = wrong(cpp.rope3d)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpp, "rope3d", bad)
+        with pytest.warns(canary.CanaryMismatch):
+            ops.rope3d(x, ft, fh, fw, 2, 3, backend="cpp")

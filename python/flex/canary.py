@@ -24,6 +24,7 @@ import warnings
 import torch
 
 from . import reference
+from .rope import head_rows
 from .tolerance import relative_error, tolerance
 
 ENV = "FLEX_CANARY"
@@ -136,7 +137,7 @@ def _check_rope3d(kernel, args):
     x, ft, fh, fw, gh, gw, off = args
     out = kernel(*args)
     h = slice(0, CHECK_HEADS)
-    return out, relative_error(out[:, :, h], reference.rope3d(x[:, :, h], ft, fh, fw, gh, gw, off))
+    return out, relative_error(out[:, :, h], reference.rope3d(x[:, :, h], head_rows(ft, h), fh, fw, gh, gw, off))
 
 
 def _check_norm_rope_cache_write(kernel, args):
@@ -167,7 +168,7 @@ def _check_ring_attention(kernel, args):
     first = q_first + (last_frame // chunk_frames) * chunk_frames if chunk_frames else q_first
     h = slice(0, CHECK_HEADS)
     ref_out, ref_lse = reference.ring_attention(q[:, rows, h], k_cache[:, :, h], v_cache[:, :, h], slot_frame, tpf,
-                                                first, chunk_frames, scale, key_freqs_t, True)
+                                                first, chunk_frames, scale, head_rows(key_freqs_t, h), True)
     err = relative_error(out[:, rows, h], ref_out)
     if lse is not None:
         err = max(err, relative_error(lse[:, h, rows], ref_lse))

@@ -122,6 +122,12 @@ def logit_scale(strategy: str, length: int, l_train: int) -> float:
     return (0.1 * math.log(length_scale(length, l_train)) + 1.0) ** 2
 
 
+def head_rows(table: torch.Tensor | None, heads: slice) -> torch.Tensor | None:
+    """The rows of ``heads`` of a temporal table with one row per head ([n, H, C, 2]), for a call
+    on those heads alone; a table shared by every head ([n, C, 2]), or None, as it is."""
+    return table[:, heads] if table is not None and table.dim() == 4 else table
+
+
 def cos_sin(positions: torch.Tensor, thetas: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """[N, C, 2] table of (cos, sin) of positions * thetas, computed in float64; thetas [H, C]
     (a row per head) give [N, H, C, 2]."""

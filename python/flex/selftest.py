@@ -30,7 +30,7 @@ from .cache import RingKVCache
 from .methods.position_methods import jitter_factors
 from .models import CausalWanModel
 from .ops import BACKENDS
-from .rope import Rope3D
+from .rope import Rope3D, head_rows
 from .tolerance import relative_error, tolerance
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -133,9 +133,8 @@ def _attention_reference(q, k, v, slot_frame, tpf, first, chunk_frames, scale, k
     for r, h in _blocks(rows, q.shape[2], k.shape[1]):
         frame = r.start // tpf
         q_first = first + (frame // chunk_frames) * chunk_frames if chunk_frames else first
-        heads_table = key_table[:, h] if key_table is not None and key_table.dim() == 4 else key_table
         out, lse = reference.ring_attention(q[:, r.start:r.stop, h], k[:, :, h], v[:, :, h], slot_frame, tpf,
-                                            q_first, chunk_frames, scale, heads_table, True)
+                                            q_first, chunk_frames, scale, head_rows(key_table, h), True)
         outs.append(out.flatten())
         lses.append(lse.flatten())
     return torch.cat(outs), torch.cat(lses)

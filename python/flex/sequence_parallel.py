@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 from .errors import SettingsError
+from .rope import head_rows
 
 
 def qk_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -81,7 +82,7 @@ class ParallelPlan:
         if table is None or table.dim() != 4:
             return table
         local = table.shape[1] // self.size
-        return table[:, self.rank * local:(self.rank + 1) * local]
+        return head_rows(table, slice(self.rank * local, (self.rank + 1) * local))
 
     # ------------------------------------------------------------ token shards
 
