@@ -163,6 +163,7 @@ def test_jitter_is_per_head_and_deterministic_per_seed():
     assert torch.all((base > 0.2 - 1e-9) & (base < 1.8 + 1e-9))
     half = jitter_factors(12, 128, 0.8, 0, heads=0.5)
     assert (half != 1).any(dim=1).sum() == 6
+    assert (jitter_factors(2, 128, 0.8, 0, heads=0.25) != 1).any(dim=1).sum() == 1  # never zero heads
     assert torch.equal(jitter_factors(12, 128, 0.0, 0), torch.ones(12, 22, dtype=torch.float64))
 
 
@@ -201,6 +202,17 @@ def test_every_method_runs_on_the_causal_forcing_preset():
     base = MODEL_PRESETS["causal-forcing"].flex_config()
     for name in METHODS:
         assert base.replace(**method_settings(name), method=name).method == name
+
+
+def test_method_param_tolerates_spaces_and_says_what_a_bad_value_is():
+    from flex.cli.args import _key_value
+    from flex.methods import MethodError
+
+    assert _key_value(" strength = 0.5 ") == ("strength", "0.5")
+    with pytest.raises(MethodError, match="not an integer: '1.5'"):
+        FlexConfig(method="lol-jitter", method_params={"seed": "1.5"})
+    with pytest.raises(MethodError, match="not a number: 'abc'"):
+        FlexConfig(method="lol-jitter", method_params={"strength": "abc"})
 
 
 @pytest.mark.parametrize("args, flag", [

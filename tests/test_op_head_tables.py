@@ -140,6 +140,26 @@ def test_per_head_table_for_the_wrong_head_count_names_the_table(device, backend
                            table(2, H - 1, CT, 0, device), backend=backend)
 
 
+def test_table_errors_say_which_shapes_are_allowed():
+    x = random_x((1, TPF, H, D), torch.float32, "cpu")
+    fh, fw = spatial("cpu")
+    five_d = table(1, H, CT, 0, "cpu")[:, :, None]
+    with pytest.raises(ValueError, match=rf"freqs_t must be \[N, C, 2\] \(cos, sin\) or one table per head \[N, H={H}"):
+        ops.rope3d(x, five_d, fh, fw, GH, GW, backend="reference")
+    kc = torch.randn(1, 2 * TPF, H, D)
+    with pytest.raises(ValueError, match=rf"key_freqs_t must be .* \[n_slots, H={H}, C_t, 2\], got shape \(2, 1"):
+        ops.ring_attention(x, kc, kc, torch.tensor([0, 1]), TPF, 0, 0, None, table(2, 1, CT, 0, "cpu"),
+                           backend="reference")
+
+
+@pytest.mark.parametrize("device, backend", CASES)
+def test_per_head_tables_of_zero_heads_give_empty_outputs(device, backend):
+    x = torch.randn(1, TPF, 0, D, device=device)
+    fh, fw = spatial(device)
+    out = ops.rope3d(x, table(1, H, CT, 0, device)[:, :0], fh, fw, GH, GW, backend=backend)
+    assert out.shape == x.shape
+
+
 @pytest.mark.skipif("cpp" not in kernel_backends("cpu"), reason="flex._C is not built")
 def test_cpp_ops_check_per_head_tables_themselves():
     """torch.ops.flex.* called directly (no flex.ops checks) refuse a per-head table of the wrong

@@ -41,7 +41,7 @@ CheckedTables check_tables(const char* op, const char* x_name, const at::Tensor&
              "freqs_t must be [N, C, 2] or one table per head [N, H = ", x.size(2), ", C, 2], got shape ",
              freqs_t.sizes());
   for (int a = 0; a < 3; ++a) {
-    const at::Tensor f = a == 0 && per_head ? freqs_t.select(1, 0) : *in[a];
+    const at::Tensor f = a == 0 && per_head ? freqs_t.flatten(0, 1) : *in[a];  // [N * H, C, 2]
     FLEX_CHECK(f.dim() == 3 && f.size(2) == 2, names[a], " must be [N, C, 2] (cos, sin), got shape ",
                in[a]->sizes());
     FLEX_CHECK(f.scalar_type() == at::kFloat, names[a], " must be float32, got ", f.scalar_type());

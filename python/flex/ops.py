@@ -221,11 +221,13 @@ def plan(backend, device, dtype: torch.dtype, head_dim: int, rotate_on_load: boo
 # ---------------------------------------------------------------- validation helpers
 
 
-def _check_tensor(name, x, ndim, device=None, dtype=None, float_=True):
+def _check_tensor(name, x, ndim, device=None, dtype=None, float_=True, shape=None):
+    """x is a tensor of ``ndim`` dimensions (an int, or a tuple of those allowed; ``shape`` says
+    which in words) on ``device``, of ``dtype`` or any float type."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    if x.dim() not in (ndim if isinstance(ndim, tuple) else (ndim,)):
+        raise ValueError(f"{name} must be {shape or f'{ndim}-D'}, got shape {tuple(x.shape)}")
     if float_ and x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"{name} must be a floating tensor ({_FLOAT_DTYPES}), got {x.dtype}")
     if device is not None and x.device != device:
@@ -236,11 +238,11 @@ def _check_tensor(name, x, ndim, device=None, dtype=None, float_=True):
 
 def _check_freqs(x, freqs_t, freqs_h, freqs_w, grid_h, grid_w, frame_offset):
     for name, f in (("freqs_t", freqs_t), ("freqs_h", freqs_h), ("freqs_w", freqs_w)):
-        per_head = name == "freqs_t" and isinstance(f, torch.Tensor) and f.dim() == 4
-        _check_tensor(name, f, 4 if per_head else 3, device=x.device)
-        if f.shape[-1] != 2 or (per_head and f.shape[1] != x.shape[2]):
-            raise ValueError(f"{name} must be [N, C, 2] (cos, sin){' or [N, H, C, 2]' if name == 'freqs_t' else ''}, "
-                             f"got shape {tuple(f.shape)}")
+        # The temporal table may hold a row per head of x.
+        shape = "[N, C, 2] (cos, sin)" + (f" or one table per head [N, H={x.shape[2]}, C, 2]" if name == "freqs_t" else "")
+        _check_tensor(name, f, (3, 4) if name == "freqs_t" else 3, device=x.device, shape=shape)
+        if f.shape[-1] != 2 or (f.dim() == 4 and f.shape[1] != x.shape[2]):
+            raise ValueError(f"{name} must be {shape}, got shape {tuple(f.shape)}")
     d = x.shape[-1]
     planes = freqs_t.shape[-2] + freqs_h.shape[1] + freqs_w.shape[1]
     if 2 * planes != d:
@@ -349,7 +351,8 @@ def ring_attention(
     Empty slots (frame -1) are never visible; ``chunk_frames > 0`` adds block-causal order over
     chunks aligned at ``q_first_frame``; ``key_freqs_t`` [n_slots, C_t, 2] rotates each slot's
     keys by its temporal (cos, sin) while loading (rotate-on-load), [n_slots, H, C_t, 2] each
-    head's keys by its own. ``resident_tokens`` (a host int, from
+    head's keys by its own; C_t must be the temporal plane count of the keys' RoPE (the planes
+    norm_rope_cache_write left unrotated), which this op cannot see. ``resident_tokens`` (a host int, from
     :meth:`RingKVCache.resident_prefix_tokens`) lets backends that need no mask (sdpa, flash)
     attend over k_cache[:, :resident_tokens]. Returns out, or (out, lse).
     """
@@ -372,12 +375,12 @@ def ring_attention(
     check_int("chunk_frames", chunk_frames, 0, INT64_MAX)  # 0: no block-causal mask
     check_int("q_first_frame", q_first_frame, 0, INT64_MAX)
     if key_freqs_t is not None:
-        per_head = isinstance(key_freqs_t, torch.Tensor) and key_freqs_t.dim() == 4
-        _check_tensor("key_freqs_t", key_freqs_t, 4 if per_head else 3, device=q.device)
+        # C_t must be the temporal plane count the keys were written with (not checkable here).
+        shape = f"[n_slots={slot_frame.numel()}, C_t <= D/2, 2] or one table per head [n_slots, H={q.shape[2]}, C_t, 2]"
+        _check_tensor("key_freqs_t", key_freqs_t, (3, 4), device=q.device, shape=shape)
         if key_freqs_t.shape[0] != slot_frame.numel() or key_freqs_t.shape[-1] != 2 \
-                or 2 * key_freqs_t.shape[-2] > q.shape[-1] or (per_head and key_freqs_t.shape[1] != q.shape[2]):
-            raise ValueError(f"key_freqs_t must be [n_slots={slot_frame.numel()}, C_t, 2] or [n_slots, H={q.shape[2]}, "
-                             f"C_t, 2], got {tuple(key_freqs_t.shape)}")
+                or 2 * key_freqs_t.shape[-2] > q.shape[-1] or (key_freqs_t.dim() == 4 and key_freqs_t.shape[1] != q.shape[2]):
+            raise ValueError(f"key_freqs_t must be {shape}, got shape {tuple(key_freqs_t.shape)}")
     if resident_tokens is not None:
         _check_resident_prefix(resident_tokens, slot_frame, tokens_per_frame)
     scale = q.shape[-1] ** -0.5 if scale is None else check_float("scale", scale)

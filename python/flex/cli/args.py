@@ -22,7 +22,7 @@ COMPILE_CHOICES = {"off": False, "on": True, "frozen": "frozen"}
 
 def _key_value(text: str) -> tuple[str, str]:
     """argparse type of --method-param: KEY=VALUE."""
-    key, sep, value = text.partition("=")
+    key, sep, value = (part.strip() for part in text.partition("="))
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value

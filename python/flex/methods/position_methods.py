@@ -61,12 +61,13 @@ def jitter_factors(num_heads: int, head_dim: int, strength: float, seed: int, he
     """[H, C_t] float64: theta_{h,m} / theta_m when head h's temporal base is base * (1 + strength * u_h).
 
     u_h ~ U[-1, 1) from a CPU generator seeded with ``seed`` (the same on every device); only
-    the first round(heads * H) heads of a seeded permutation are jittered (factor 1 elsewhere).
+    the first max(1, round(heads * H)) heads of a seeded permutation are jittered (factor 1
+    elsewhere): any ``heads`` in (0, 1] jitters at least one head.
     """
     planes = axis_planes(head_dim)[0]
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(num_heads, generator=gen, dtype=torch.float64) * 2 - 1
-    chosen = torch.randperm(num_heads, generator=gen)[: round(heads * num_heads)]
+    chosen = torch.randperm(num_heads, generator=gen)[: max(1, round(heads * num_heads))]
     scale = torch.ones(num_heads, dtype=torch.float64)
     scale[chosen] = 1 + strength * u[chosen]
     exponent = -torch.arange(0, 2 * planes, 2, dtype=torch.float64) / (2 * planes)

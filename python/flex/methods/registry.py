@@ -77,7 +77,7 @@ def _number(kind):
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"not a {kind.__name__}: {text!r}") from None
+            raise ValueError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
     return parse
 
 
