@@ -16,17 +16,12 @@ import torch
 
 from flex import ops
 from flex.cache import RingKVCache
-from flex.methods.position_methods import jitter_factors
+from flex.methods.position_methods import jitter_factors, jittered
 from flex.rope import Rope3D
 
 from . import upstream
 
-PER_HEAD = ", per-head tables"  # impl suffix: LoL jitter's temporal table per head
-
-
-def jittered(rope: Rope3D, heads: int, head_dim: int) -> Rope3D:
-    """``rope`` with LoL's multi-head jitter (strength 0.8, all heads): thetas_t [H, C_t]."""
-    return Rope3D(rope.thetas_t[None] * jitter_factors(heads, head_dim, 0.8, 0), rope.thetas_h, rope.thetas_w)
+PER_HEAD = ", per-head tables"  # impl suffix: LoL jitter's temporal table per head (strength 0.8, all heads)
 
 
 # Largest float64 score matrix the reference backend may build (elements).
@@ -97,7 +92,7 @@ def _rope_inputs(device, dtype, quick, layout):
     return dict(
         x=torch.randn(1, t, h, d, device=device, dtype=dtype), q=q, k=k, v=v, gh=gh, gw=gw, nf=nf, first=first,
         tables=rope.tables(first, nf, gh, gw, device=device),
-        head_tables=jittered(rope, h, d).tables(first, nf, gh, gw, device=device),
+        head_tables=jittered(rope, jitter_factors(h, d, 0.8, 0)).tables(first, nf, gh, gw, device=device),
         table=upstream.rope_table(d, device), ring=ring, slots=ring.slots(first, nf), shifting=shifting,
         wq=torch.rand(h * d, device=device, dtype=dtype) + 0.5, wk=torch.rand(h * d, device=device, dtype=dtype) + 0.5,
         shape=f"[1, {t}, {h}, {d}]", sink=sink, window=window,
@@ -193,7 +188,8 @@ def _attention_inputs(device, dtype, quick, layout):
     slots = torch.arange(ring.n_slots, device=device)
     return dict(q=torch.randn(1, nf * tpf, h, d, device=device, dtype=dtype), ring=ring, shifting=shifting, tpf=tpf,
                 first=60 - nf, gh=gh, gw=gw, key_table=rope.temporal_table(slots),
-                head_key_table=jittered(rope, h, d).temporal_table(slots), table=upstream.rope_table(d, device))
+                head_key_table=jittered(rope, jitter_factors(h, d, 0.8, 0)).temporal_table(slots),
+                table=upstream.rope_table(d, device))
 
 
 def attention_cases(device, dtype, quick, layout="1.3B") -> list[OpCase]:

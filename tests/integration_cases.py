@@ -17,6 +17,8 @@ SEED = 7
 # The float64 equivalences run the ops' float64 references (flex.reference): the C++ kernels
 # compute the qk-RMSNorm in float32 even for float64 input, as Wan does (1e-8 apart here).
 EXACT = "reference"
+# The upstream modules a tiny CausalInferencePipeline is built from (Self Forcing and LongLive alike).
+PIPELINE_MODULES = ("wan.modules.model", "wan.modules.causal_model", "utils.wan_wrapper", "pipeline.causal_inference")
 
 
 def random_weights(model: nn.Module, seed: int = 0) -> None:

@@ -186,12 +186,11 @@ def test_per_head_tables_on_more_heads_than_the_check_reads(forced_on):
     """The checks read the first CHECK_HEADS heads: a per-head table (LoL jitter) is cut to those
     heads' rows too, so a right kernel passes without a warning and a wrong one is caught."""
     from flex.backends import cpp
-    from flex.methods.position_methods import jitter_factors
+    from flex.methods.position_methods import jitter_factors, jittered
     from flex.rope import Rope3D
 
     heads, d, tpf = canary.CHECK_HEADS + 2, 32, 6
-    plain = Rope3D.for_wan(d)
-    rope = Rope3D(plain.thetas_t[None] * jitter_factors(heads, d, 0.8, 0), plain.thetas_h, plain.thetas_w)
+    rope = jittered(Rope3D.for_wan(d), jitter_factors(heads, d, 0.8, 0))
     x = torch.randn(1, 2 * tpf, heads, d)
     ft, fh, fw = rope.tables(0, 2, 2, 3)
     q, ring = full_ring(heads=heads, d=d, tpf=tpf)

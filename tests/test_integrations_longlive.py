@@ -11,7 +11,7 @@ import torch
 from flex import FlexConfig
 from flex.integrations import accelerate, default_config, restore, runtime_of
 
-from integration_cases import EXACT, flex_latents, max_diff, tiny_pipeline, upstream_latents
+from integration_cases import EXACT, PIPELINE_MODULES, flex_latents, max_diff, tiny_pipeline, upstream_latents
 from upstream_code import float64_norms, import_upstream
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,8 +22,7 @@ FLEX_OFF = FlexConfig.off(window_frames=9).replace(sink_frames=3)  # LongLive's 
 
 @pytest.fixture(scope="module")
 def mods():
-    return import_upstream("longlive-v1.0", "wan.modules.model", "wan.modules.causal_model", "utils.wan_wrapper",
-                           "pipeline.causal_inference")
+    return import_upstream("longlive-v1.0", *PIPELINE_MODULES)
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from flex import FlexConfig
 from flex.integrations import IntegrationError, accelerate, restore, runtime_of
 from flex.pipeline import Pipeline
 
-from integration_cases import EXACT, flex_latents, flex_model_of, max_diff, tiny_pipeline, upstream_latents
+from integration_cases import (EXACT, PIPELINE_MODULES, flex_latents, flex_model_of, max_diff, tiny_pipeline,
+                               upstream_latents)
 from upstream_code import float64_norms, import_upstream
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,8 +31,7 @@ ON = [
 
 @pytest.fixture(scope="module")
 def mods():
-    return import_upstream("self-forcing", "wan.modules.model", "wan.modules.causal_model", "utils.wan_wrapper",
-                           "pipeline.causal_inference")
+    return import_upstream("self-forcing", *PIPELINE_MODULES)
 
 
 @pytest.fixture

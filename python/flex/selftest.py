@@ -27,7 +27,7 @@ import torch
 
 from . import canary, ops, reference
 from .cache import RingKVCache
-from .methods.position_methods import jitter_factors
+from .methods.position_methods import jitter_factors, jittered
 from .models import CausalWanModel
 from .ops import BACKENDS
 from .rope import Rope3D, head_rows
@@ -87,7 +87,7 @@ def _op_inputs(s: Setting, heads, head_dim, dtype, device, seed=0):
     qkv = _randn((1, t, 3, heads, head_dim), dtype, device, gen)
     rope = Rope3D.for_wan(head_dim, "flex", length=480)
     # LoL's multi-head jitter: a temporal table per head ([N, H, C_t, 2]).
-    jitter = Rope3D(rope.thetas_t[None] * jitter_factors(heads, head_dim, 0.8, 0), rope.thetas_h, rope.thetas_w)
+    jitter = jittered(rope, jitter_factors(heads, head_dim, 0.8, 0))
     ring = RingKVCache(1, heads, head_dim, tpf, s.sink, s.window, dtype=dtype, device=device)
     for f in range(0, s.first + s.frames, s.frames):
         n = min(s.frames, s.first + s.frames - f)

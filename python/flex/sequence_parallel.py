@@ -76,13 +76,13 @@ class ParallelPlan:
     def local_heads(self, num_heads: int) -> int:
         return num_heads // self.size
 
-    def own_heads(self, table: torch.Tensor | None) -> torch.Tensor | None:
+    def own_heads(self, table: torch.Tensor | None, num_heads: int) -> torch.Tensor | None:
         """This rank's rows of a per-head RoPE table [n, H, C, 2] (rank r attends with head group r,
-        see :meth:`tokens_to_heads`); a table shared by every head [n, C, 2], or None, as it is."""
-        if table is None or table.dim() != 4:
-            return table
-        local = table.shape[1] // self.size
-        return head_rows(table, slice(self.rank * local, (self.rank + 1) * local))
+        see :meth:`tokens_to_heads`), made contiguous once for every layer's kernels; a table
+        shared by every head [n, C, 2], or None, as it is."""
+        local = self.local_heads(num_heads)
+        rows = head_rows(table, slice(self.rank * local, (self.rank + 1) * local))
+        return rows if rows is table else rows.contiguous()
 
     # ------------------------------------------------------------ token shards
 

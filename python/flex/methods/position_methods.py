@@ -74,6 +74,13 @@ def jitter_factors(num_heads: int, head_dim: int, strength: float, seed: int, he
     return scale[:, None] ** exponent[None, :]
 
 
+def jittered(rope: Rope3D, factors: torch.Tensor) -> Rope3D:
+    """``rope`` with a per-head temporal factor [H, C_t] (:func:`jitter_factors`): thetas_t becomes
+    [H, C_t], from a shared [C_t] or an already per-head [H, C_t]."""
+    t = rope.thetas_t
+    return Rope3D((t if t.dim() == 2 else t[None]) * factors.to(t.device), rope.thetas_h, rope.thetas_w)
+
+
 class HeadJitter(Wrapped):
     """The inner policy's thetas with a per-head temporal factor: thetas_t becomes [H, C_t]."""
 
@@ -82,9 +89,7 @@ class HeadJitter(Wrapped):
         self.factors = factors
 
     def thetas(self, rope: Rope3D) -> Rope3D:
-        t = rope.thetas_t
-        return Rope3D(t[..., None, :] * self.factors.to(t.device) if t.dim() == 1 else t * self.factors.to(t.device),
-                      rope.thetas_h, rope.thetas_w)
+        return jittered(rope, self.factors)
 
 
 def _jitter_positions(config, params, head_dim, num_heads, inner):

@@ -324,8 +324,8 @@ class CausalWanModel(nn.Module):
         pos = positions
         cache.table.record(pos.frames, pos.slots)
         if parallel is not None:  # per-head RoPE tables: the rows of this rank's heads
-            pos = dataclasses.replace(pos, freqs_t=parallel.own_heads(pos.freqs_t),
-                                      key_freqs_t=parallel.own_heads(pos.key_freqs_t))
+            pos = dataclasses.replace(pos, freqs_t=parallel.own_heads(pos.freqs_t, self.num_heads),
+                                      key_freqs_t=parallel.own_heads(pos.key_freqs_t, self.num_heads))
         slot_frame = cache.table.slot_frame
 
         n = x.shape[1]
