@@ -86,6 +86,8 @@ def test_a_method_variant_takes_its_paper_settings_under_the_fields_written(tmp_
     assert inf == FlexConfig.for_method("infinity-rope") and (inf.sink_frames, inf.window_frames) == (1, 5)
     assert (inf4.sink_frames, inf4.window_frames, inf4.position_policy) == (1, 4, "window")
     assert jit.method == "lol-jitter" and jit.method_params == (("strength", 0.5),)
+    with pytest.raises(ExperimentError, match=r"\(bad\) flex: .*method"):
+        load_experiment(write_config(tmp_path / "bad", assets, variants='[[variant]]\nname = "bad"\nflex = { method = "nope" }'))
 
 
 def _mp4s(root: Path) -> dict:
