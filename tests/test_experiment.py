@@ -82,12 +82,14 @@ def test_a_method_variant_takes_its_paper_settings_under_the_fields_written(tmp_
     variants = ('[[variant]]\nname = "inf"\nflex = { method = "infinity-rope" }\n'
                 '[[variant]]\nname = "inf4"\nflex = { method = "infinity-rope", window_frames = 4 }\n'
                 '[[variant]]\nname = "jit"\nflex = { method = "lol-jitter", method_params = { strength = 0.5 } }')
-    inf, inf4, jit = (j.settings.flex for j in load_experiment(write_config(tmp_path, assets, variants=variants)).jobs())
+    exp = load_experiment(write_config(tmp_path, assets, variants=variants))
+    inf, inf4, jit = (j.settings.flex for j in exp.jobs())
     assert inf == FlexConfig.for_method("infinity-rope") and (inf.sink_frames, inf.window_frames) == (1, 5)
     assert (inf4.sink_frames, inf4.window_frames, inf4.position_policy) == (1, 4, "window")
     assert jit.method == "lol-jitter" and jit.method_params == (("strength", 0.5),)
     with pytest.raises(ExperimentError, match=r"\(bad\) flex: .*method"):
-        load_experiment(write_config(tmp_path / "bad", assets, variants='[[variant]]\nname = "bad"\nflex = { method = "nope" }'))
+        bad = '[[variant]]\nname = "bad"\nflex = { method = "nope" }'
+        load_experiment(write_config(tmp_path / "bad", assets, variants=bad))
 
 
 def _mp4s(root: Path) -> dict:
